@@ -1,0 +1,40 @@
+# Two entry points: `make course` (set up and open the notebooks) and `make test` (set up and run every check).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+NO_BROWSER ?=
+JUPYTER_FLAGS := $(if $(NO_BROWSER),--no-browser,)
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+
+.PHONY: course test unit notebooks venv clean-notebooks
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+
+$(VENV)/.course: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -e . jupyterlab ipykernel
+	touch $@
+
+$(VENV)/.dev: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.dev
+
+## Set up and open the course in JupyterLab (NO_BROWSER=1 for a remote machine).
+course: $(VENV)/.course
+	$(BIN)/jupyter lab $(JUPYTER_FLAGS) notebooks/
+
+## Set up, then run the unit tests and every notebook under nbval in smoke mode.
+test: $(VENV)/.dev unit notebooks
+
+unit: $(VENV)/.dev
+	KDTEACH_SMOKE=1 $(BIN)/python -m pytest -q tests
+
+notebooks: $(VENV)/.dev
+	KDTEACH_SMOKE=1 NBVAL_CHECK_OUTPUT=1 $(BIN)/python -m pytest -q --nbval-lax --nbval-cell-timeout=600 -p no:cacheprovider $(NOTEBOOKS)
+
+## Strip outputs before committing a notebook.
+clean-notebooks: $(VENV)/.dev
+	$(BIN)/python -m kdteach.notebook_tools strip $(NOTEBOOKS)

@@ -1,0 +1,8 @@
+"""kdteach: knowledge distillation and its failure modes, one module per idea.
+
+Notebooks import it as `import kdteach as kd` and call kd.runtime.setup(), kd.distill.kd_loss(), kd.train.fit(), ...
+"""
+from kdteach import runtime, data, models, distill, train, groups, debias, exits, sets, plots, widgets, experiments
+
+__version__ = "0.1.0"
+__all__ = ["runtime", "data", "models", "distill", "train", "groups", "debias", "exits", "sets", "plots", "widgets", "experiments"]

@@ -1,0 +1,256 @@
+"""Soft targets and the distillation loss (Hinton, Vinyals & Dean 2015), a frozen teacher, cached teacher logits.
+
+The loss, per example i, with p = softmax(teacher / T) and q = softmax(student / T):
+
+    soft_i = T^2 * KL(p || q)            (summed over classes; KL and cross-entropy differ by p's entropy only)
+    hard_i = cross-entropy(student, y_i) at T = 1
+    loss_i = soft_weight * soft_i + (1 - soft_weight) * hard_i
+
+and kd_loss returns mean_i(w_i * loss_i). The T^2 factor is there because the gradient of KL(p || q) with respect
+to a student logit is (q - p) / T, so without it the soft term's gradients shrink like 1 / T^2 as T grows.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdteach.data.batches import Batches
+
+
+def softmax_t(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Softmax at temperature T over the last dimension: exp(z_i / T) / sum_j exp(z_j / T).
+
+    Args:
+        logits: (..., classes).
+        temperature: T > 0; T > 1 softens the distribution, T -> 0 approaches argmax.
+
+    Returns:
+        Probabilities of the same shape, in float32 at least.
+    """
+    _check_temperature(temperature)
+    return torch.softmax(logits.float() / temperature, dim=-1)
+
+
+def _check_temperature(temperature: float) -> None:
+    if not isinstance(temperature, (int, float)) or not temperature > 0 or temperature != temperature:
+        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+
+
+def _check_logits(name: str, logits: torch.Tensor) -> None:
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"{name} must be a tensor of shape (N, classes), got {shape}")
+    if not logits.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got {logits.dtype}")
+
+
+def kd_loss_per_example(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    labels: torch.Tensor | None = None,
+    *,
+    temperature: float,
+    soft_weight: float,
+    check_values: bool | None = None,
+) -> torch.Tensor:
+    """The distillation loss of each example, before weighting and averaging (see the module docstring).
+
+    Args:
+        student_logits: (N, C) student logits (gradients flow into these).
+        teacher_logits: (N, C) teacher logits (detached here); None only when soft_weight == 0.
+        labels: (N,) class indices; None only when soft_weight == 1.
+        temperature: T > 0 for the soft term.
+        soft_weight: weight of the soft term in [0, 1]; the hard term gets 1 - soft_weight.
+        check_values: check label range (reads the values, which waits for a GPU). None: only for CPU tensors.
+
+    Returns:
+        (N,) float32 losses.
+    """
+    _check_temperature(temperature)
+    if not isinstance(soft_weight, (int, float)) or not 0.0 <= soft_weight <= 1.0:
+        raise ValueError(f"soft_weight must be in [0, 1], got {soft_weight!r}")
+    _check_logits("student_logits", student_logits)
+    n, num_classes = student_logits.shape
+    if check_values is None:
+        check_values = student_logits.device.type == "cpu"
+    loss = student_logits.new_zeros(n, dtype=torch.float32)
+    if soft_weight > 0:
+        if teacher_logits is None:
+            raise ValueError("teacher_logits is None, but soft_weight > 0 needs the teacher's logits")
+        _check_logits("teacher_logits", teacher_logits)
+        if teacher_logits.shape[0] != n:
+            raise ValueError(f"teacher_logits has {teacher_logits.shape[0]} rows, student_logits has {n}")
+        if teacher_logits.shape[1] != num_classes:
+            raise ValueError(f"teacher_logits has {teacher_logits.shape[1]} classes, student_logits has {num_classes}")
+        log_p = torch.log_softmax(teacher_logits.detach().float() / temperature, dim=1)
+        log_q = torch.log_softmax(student_logits.float() / temperature, dim=1)
+        soft = F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(dim=1)  # KL(p || q) per example
+        loss = loss + soft_weight * temperature**2 * soft
+    if soft_weight < 1:
+        if labels is None:
+            raise ValueError("labels is None, but soft_weight < 1 needs labels for the hard term")
+        if labels.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+        if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise ValueError(f"labels must hold integer class indices, got {labels.dtype}")
+        if check_values and n > 0 and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+            raise ValueError(f"labels must be in [0, {num_classes}), got values in [{int(labels.min())}, {int(labels.max())}]")
+        hard = F.cross_entropy(student_logits.float(), labels.long(), reduction="none")
+        loss = loss + (1.0 - soft_weight) * hard
+    return loss
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    labels: torch.Tensor | None = None,
+    *,
+    temperature: float,
+    soft_weight: float,
+    weights: torch.Tensor | None = None,
+    check_values: bool | None = None,
+) -> torch.Tensor:
+    """Hinton et al.'s distillation loss, averaged over the batch, with optional per-example weights.
+
+    Args:
+        student_logits: (N, C) student logits.
+        teacher_logits: (N, C) teacher logits; detached, so the teacher never gets gradients from here.
+        labels: (N,) class indices, needed unless soft_weight == 1.
+        temperature: T > 0; the soft term is multiplied by T^2.
+        soft_weight: weight of the soft term in [0, 1] (hard term: 1 - soft_weight). Named so, because "alpha"
+            means the soft weight in some libraries and the hard weight in others.
+        weights: optional (N,) non-negative finite per-example weights (DeDiER, JTT); each loss_i is multiplied by
+            w_i and the result is still divided by N.
+        check_values: check label range and weight values; None checks CPU tensors only (a check on a GPU tensor
+            waits for the GPU, which a training step should not do).
+
+    Returns:
+        A scalar: mean over the batch of w_i * loss_i.
+    """
+    per_example = kd_loss_per_example(
+        student_logits, teacher_logits, labels, temperature=temperature, soft_weight=soft_weight, check_values=check_values
+    )
+    if weights is not None:
+        n = per_example.shape[0]
+        if not isinstance(weights, torch.Tensor) or weights.shape != (n,):
+            shape = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
+            raise ValueError(f"weights must have shape ({n},), got {shape}")
+        if check_values or (check_values is None and weights.device.type == "cpu"):
+            if not bool(torch.isfinite(weights).all()):
+                raise ValueError("weights must be finite, got NaN or infinity")
+            if bool((weights < 0).any()):
+                raise ValueError("weights must be non-negative")
+        per_example = per_example * weights.float()
+    return per_example.mean()
+
+
+def autocast_context(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA devices that support it, fp16 on older CUDA devices, nothing elsewhere."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+class FrozenTeacher(nn.Module):
+    """A teacher that stays frozen: eval mode always, no parameter gradients, forward under no_grad.
+
+    Calling .train() on it (or on a module that contains it) leaves it in eval mode, so BatchNorm keeps its
+    running statistics and dropout stays off during distillation.
+
+    Args:
+        model: the trained teacher network.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.model.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "FrozenTeacher":  # noqa: ARG002 - the point is to ignore mode
+        """Ignores mode: the teacher stays in eval mode."""
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Returns the teacher's float32 logits for x."""
+        with autocast_context(x.device):
+            logits = self.model(x)
+        return logits.float()
+
+
+@torch.no_grad()
+def cache_teacher_logits(teacher: nn.Module | Callable[[torch.Tensor], torch.Tensor], batches: Batches, *, batch_size: int = 1024) -> torch.Tensor:
+    """Runs the teacher once over a dataset and returns its logits in dataset order.
+
+    Only valid when the student sees exactly the inputs the teacher saw: with augmentation the student's inputs
+    change every epoch and cached logits would describe other images. So batches with an augment function are
+    refused.
+
+    Args:
+        teacher: the teacher (wrapped in FrozenTeacher if it is not already).
+        batches: the training Batches; must have augment=None. Its transform is applied, shuffling is ignored.
+        batch_size: rows per teacher forward pass.
+
+    Returns:
+        (N, C) float32 logits on the batches' device; row i belongs to example i.
+    """
+    if batches.augment is not None:
+        raise ValueError(
+            "cache_teacher_logits: these batches are augmented (augment is set), so every epoch shows the student "
+            "different inputs and cached teacher logits would not match them. Cache from un-augmented batches, "
+            "or compute the teacher's logits in every step (KDLoss(teacher=...))."
+        )
+    if not isinstance(teacher, FrozenTeacher) and isinstance(teacher, nn.Module):
+        teacher = FrozenTeacher(teacher)
+    ordered = Batches(batches.tensors, batch_size, shuffle=False, transform=batches.transform)
+    chunks = [teacher(batch["x"]) for batch in ordered]
+    return torch.cat(chunks).float()
+
+
+class KDLoss:
+    """A loss_fn for kdteach.train.fit(): the distillation loss of a batch.
+
+    The teacher's logits come from batch["teacher_logits"] when the training Batches carry cached logits
+    (see cache_teacher_logits), else from running `teacher` on the batch's (possibly augmented) inputs.
+    Per-example weights come from batch["weight"] when present.
+
+    Args:
+        temperature: T for the soft term.
+        soft_weight: weight of the soft term in [0, 1].
+        teacher: the teacher, needed when the batches carry no cached logits.
+    """
+
+    def __init__(self, *, temperature: float, soft_weight: float, teacher: nn.Module | None = None) -> None:
+        _check_temperature(temperature)
+        if not 0.0 <= soft_weight <= 1.0:
+            raise ValueError(f"soft_weight must be in [0, 1], got {soft_weight!r}")
+        self.temperature = temperature
+        self.soft_weight = soft_weight
+        self.teacher = FrozenTeacher(teacher) if teacher is not None and not isinstance(teacher, FrozenTeacher) else teacher
+
+    def teacher_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The batch's cached teacher logits, or the teacher's logits on batch["x"]."""
+        if "teacher_logits" in batch:
+            return batch["teacher_logits"]
+        if self.teacher is None:
+            if self.soft_weight == 0:
+                return None
+            raise ValueError("KDLoss: the batch has no 'teacher_logits' and no teacher was given")
+        return self.teacher(batch["x"])
+
+    def __call__(self, outputs: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return kd_loss(
+            outputs,
+            self.teacher_logits(batch),
+            batch.get("y"),
+            temperature=self.temperature,
+            soft_weight=self.soft_weight,
+            weights=batch.get("weight"),
+        )
