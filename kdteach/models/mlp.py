@@ -35,13 +35,37 @@ class MLP(nn.Module):
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(self.sizes[:-2], self.sizes[1:-1]))
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(self.sizes[-2], self.sizes[-1])
+        # Named taps, the same interface as the ResNets': one entry per hidden layer, for readouts and exits.
+        self.stage_names = tuple(f"hidden{i + 1}" for i in range(len(self.hidden)))
+
+    @property
+    def classifier(self) -> nn.Linear:
+        """The output layer (the head on the last stage)."""
+        return self.out
+
+    def features(self, x: torch.Tensor, *, upto: str | None = None) -> dict[str, torch.Tensor]:
+        """Hidden activations by stage name, computed in one pass, stopping after stage `upto` if given.
+
+        Args:
+            x: (N, ...) inputs, flattened.
+            upto: the last stage to compute (one of stage_names); None computes all.
+
+        Returns:
+            {"hidden1": (N, width1), ...}.
+        """
+        if upto is not None and upto not in self.stage_names:
+            raise ValueError(f"upto must be one of {self.stage_names}, got {upto!r}")
+        h, taps = self.input_dropout(x.flatten(1)), {}
+        for name, layer in zip(self.stage_names, self.hidden):
+            h = self.dropout(torch.relu(layer(h)))
+            taps[name] = h
+            if name == upto:
+                break
+        return taps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Flattens x (N, ...) and returns logits (N, classes)."""
-        h = self.input_dropout(x.flatten(1))
-        for layer in self.hidden:
-            h = self.dropout(torch.relu(layer(h)))
-        return self.out(h)
+        return self.out(self.features(x)[self.stage_names[-1]]) if self.hidden else self.out(self.input_dropout(x.flatten(1)))
 
     @torch.no_grad()
     def apply_constraints(self) -> None:
