@@ -1,2 +1,258 @@
-"""(in progress)"""
-__all__: list[str] = []
+"""Group ids, per-group accuracy, worst-group accuracy and the named "average accuracy" conventions.
+
+A group is a (label, spurious attribute) pair: on Waterbirds, group = 2 * label + background, so the groups are
+landbird on land, landbird on water, waterbird on land, waterbird on water. A model that reads the background
+instead of the bird is right on the two large groups and wrong on the two small ones, which the plain average
+hides and the worst group shows.
+
+Three numbers are all called "average accuracy" in the literature, and they differ a lot on a test set whose
+group proportions differ from training (Waterbirds' test backgrounds are balanced, its training ones are not):
+
+    weighting="train"    sum_g acc_g * n_train_g / sum_g n_train_g   (test groups weighted by TRAINING proportions;
+                                                                      the Waterbirds convention)
+    weighting="test"     plain accuracy over test examples            (test groups weighted by test proportions)
+    weighting="uniform"  mean_g acc_g                                  (every non-empty group counts the same)
+
+Overlapping groups (CivilComments: one comment can mention several identities) are given as a boolean
+membership matrix of shape (N, G) instead of a vector of group ids; an example then counts in every group it
+belongs to, and "test" weighting stays the plain accuracy over examples.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "AVERAGE_CONVENTIONS",
+    "GroupAccuracy",
+    "group_ids",
+    "group_counts",
+    "group_accuracy",
+    "worst_group_accuracy",
+    "average_accuracy",
+    "group_metrics",
+]
+
+# weighting -> the words a printed table uses for it.
+AVERAGE_CONVENTIONS = {
+    "train": "average accuracy, test groups weighted by training group proportions (Waterbirds convention)",
+    "test": "average accuracy over test examples (test group proportions)",
+    "uniform": "average accuracy, mean over groups (each group counts the same)",
+}
+
+ArrayLike = np.ndarray | torch.Tensor | Sequence[int]
+
+
+class GroupAccuracy(NamedTuple):
+    """Per-group accuracy and counts.
+
+    Attributes:
+        accuracy: (G,) float64; NaN for a group with no examples.
+        counts: (G,) int64; examples in each group.
+    """
+
+    accuracy: np.ndarray
+    counts: np.ndarray
+
+
+def _to_numpy(name: str, values: ArrayLike) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    try:
+        return np.asarray(values)
+    except Exception as error:  # ragged lists and other junk
+        raise ValueError(f"{name} must be an array or tensor, got {type(values).__name__}") from error
+
+
+def _class_predictions(preds: ArrayLike, n: int | None = None) -> np.ndarray:
+    # Logits or probabilities (N, C) become class ids; class ids (N,) pass through.
+    array = _to_numpy("preds", preds)
+    if array.ndim == 2:
+        array = array.argmax(axis=1)
+    if array.ndim != 1:
+        raise ValueError(f"preds must be class ids (N,) or scores (N, C), got shape {array.shape}")
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"preds must hold integer class ids when 1-D, got dtype {array.dtype}")
+    return array.astype(np.int64)
+
+
+def _membership(groups: ArrayLike, num_groups: int | None, n: int) -> np.ndarray:
+    """Returns a boolean (N, G) membership matrix from group ids (N,) or a membership matrix (N, G)."""
+    array = _to_numpy("groups", groups)
+    if len(array) != n:
+        raise ValueError(f"groups has {len(array)} rows but preds and labels have {n}")
+    if array.ndim == 2:
+        if array.dtype != bool and not np.isin(array, (0, 1)).all():
+            raise ValueError("groups given as a (N, G) membership matrix must be boolean (or 0/1)")
+        if num_groups is not None and num_groups != array.shape[1]:
+            raise ValueError(f"num_groups is {num_groups} but the groups membership matrix has {array.shape[1]} columns")
+        return array.astype(bool)
+    if array.ndim != 1:
+        raise ValueError(f"groups must be group ids (N,) or a boolean membership matrix (N, G), got shape {array.shape}")
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"groups must hold integer group ids, got dtype {array.dtype}")
+    if num_groups is None:
+        num_groups = int(array.max()) + 1 if array.size else 0
+    if not isinstance(num_groups, (int, np.integer)) or num_groups < 1:
+        raise ValueError(f"num_groups must be an int >= 1, got {num_groups!r}")
+    if array.size and (array.min() < 0 or array.max() >= num_groups):
+        raise ValueError(f"groups must be in [0, {num_groups}), got values in [{array.min()}, {array.max()}]")
+    return array[:, None] == np.arange(num_groups)[None, :]
+
+
+def group_ids(labels: ArrayLike, attributes: ArrayLike, num_attributes: int = 2) -> torch.Tensor:
+    """Group id of each example: label * num_attributes + attribute (2 * label + attribute for binary tasks).
+
+    Args:
+        labels: (N,) class ids.
+        attributes: (N,) spurious attribute ids in [0, num_attributes).
+        num_attributes: how many values the attribute takes.
+
+    Returns:
+        (N,) int64 group ids.
+    """
+    y = torch.as_tensor(labels).long()
+    a = torch.as_tensor(attributes).long()
+    if y.shape != a.shape or y.dim() != 1:
+        raise ValueError(f"labels and attributes must be 1-D of the same length, got {tuple(y.shape)} and {tuple(a.shape)}")
+    if a.numel() and (int(a.min()) < 0 or int(a.max()) >= num_attributes):
+        raise ValueError(f"attributes must be in [0, {num_attributes}), got values in [{int(a.min())}, {int(a.max())}]")
+    if y.numel() and int(y.min()) < 0:
+        raise ValueError("labels must be >= 0")
+    return y * num_attributes + a
+
+
+def group_counts(groups: ArrayLike, num_groups: int | None = None) -> np.ndarray:
+    """Examples per group.
+
+    Args:
+        groups: (N,) group ids or a boolean (N, G) membership matrix.
+        num_groups: number of groups (ids must lie in [0, num_groups)); None: max id + 1.
+
+    Returns:
+        (G,) int64 counts.
+    """
+    n = len(_to_numpy("groups", groups))
+    return _membership(groups, num_groups, n).sum(axis=0).astype(np.int64)
+
+
+def group_accuracy(preds: ArrayLike, labels: ArrayLike, groups: ArrayLike, num_groups: int | None = None) -> GroupAccuracy:
+    """Accuracy within each group, and how many examples each group has.
+
+    Args:
+        preds: (N,) predicted class ids, or (N, C) logits / probabilities (argmax is taken).
+        labels: (N,) true class ids.
+        groups: (N,) group ids, or a boolean (N, G) membership matrix for overlapping groups.
+        num_groups: number of groups; None infers it (max id + 1, or the matrix's width).
+
+    Returns:
+        GroupAccuracy(accuracy (G,) with NaN for empty groups, counts (G,)).
+    """
+    y = _to_numpy("labels", labels)
+    if y.ndim != 1:
+        raise ValueError(f"labels must be 1-D class ids, got shape {y.shape}")
+    p = _class_predictions(preds)
+    if len(p) != len(y):
+        raise ValueError(f"preds has {len(p)} rows but labels has {len(y)}")
+    member = _membership(groups, num_groups, len(y))
+    correct = (p == y).astype(np.float64)
+    counts = member.sum(axis=0).astype(np.int64)
+    hits = correct @ member
+    with np.errstate(invalid="ignore", divide="ignore"):
+        accuracy = np.where(counts > 0, hits / np.maximum(counts, 1), np.nan)
+    return GroupAccuracy(accuracy=accuracy, counts=counts)
+
+
+def worst_group_accuracy(preds: ArrayLike, labels: ArrayLike, groups: ArrayLike, num_groups: int | None = None) -> float:
+    """The lowest accuracy over the NON-EMPTY groups (the worst group can be a majority group).
+
+    Args:
+        preds, labels, groups, num_groups: as in group_accuracy.
+
+    Returns:
+        A float in [0, 1].
+    """
+    result = group_accuracy(preds, labels, groups, num_groups)
+    if not (result.counts > 0).any():
+        raise ValueError("groups: every group is empty, so there is no worst group")
+    return float(np.nanmin(result.accuracy))
+
+
+def average_accuracy(
+    preds: ArrayLike,
+    labels: ArrayLike,
+    groups: ArrayLike,
+    num_groups: int | None = None,
+    *,
+    weighting: str = "train",
+    train_group_counts: ArrayLike | None = None,
+) -> float:
+    """One of the three "average accuracy" conventions (see the module docstring and AVERAGE_CONVENTIONS).
+
+    Args:
+        preds, labels, groups, num_groups: as in group_accuracy.
+        weighting: "train" (test group accuracies weighted by training group proportions), "test" (plain accuracy
+            over examples) or "uniform" (mean over non-empty groups).
+        train_group_counts: (G,) training examples per group; required for weighting="train". Groups empty in the
+            evaluated data are left out and the remaining weights renormalised.
+
+    Returns:
+        A float in [0, 1].
+    """
+    if weighting not in AVERAGE_CONVENTIONS:
+        raise ValueError(f"weighting must be one of {sorted(AVERAGE_CONVENTIONS)}, got {weighting!r}")
+    result = group_accuracy(preds, labels, groups, num_groups)
+    present = result.counts > 0
+    if not present.any():
+        raise ValueError("groups: every group is empty")
+    if weighting == "test":
+        p, y = _class_predictions(preds), _to_numpy("labels", labels)
+        return float((p == y).mean())
+    if weighting == "uniform":
+        return float(result.accuracy[present].mean())
+    if train_group_counts is None:
+        raise ValueError('train_group_counts is required for weighting="train"')
+    weights = _to_numpy("train_group_counts", train_group_counts).astype(np.float64)
+    if weights.shape != result.counts.shape:
+        raise ValueError(f"train_group_counts must have shape {result.counts.shape}, got {weights.shape}")
+    if (weights < 0).any() or not np.isfinite(weights).all():
+        raise ValueError("train_group_counts must be finite and non-negative")
+    weights = np.where(present, weights, 0.0)
+    if weights.sum() == 0:
+        raise ValueError("train_group_counts gives zero weight to every group present in the evaluated data")
+    return float((np.nan_to_num(result.accuracy) * weights).sum() / weights.sum())
+
+
+def group_metrics(
+    preds: ArrayLike,
+    labels: ArrayLike,
+    groups: ArrayLike,
+    num_groups: int | None = None,
+    *,
+    train_group_counts: ArrayLike | None = None,
+    group_names: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """Every group number of one model on one split, as a flat dict for a table row.
+
+    Args:
+        preds, labels, groups, num_groups: as in group_accuracy.
+        train_group_counts: (G,) training counts; adds "average (train-weighted)" when given.
+        group_names: names of the groups for the per-group columns; default "group 0", "group 1", ...
+
+    Returns:
+        {"average (train-weighted)", "average (test)", "average (uniform)", "worst-group", one key per group}.
+    """
+    result = group_accuracy(preds, labels, groups, num_groups)
+    names = list(group_names) if group_names is not None else [f"group {g}" for g in range(len(result.counts))]
+    if len(names) != len(result.counts):
+        raise ValueError(f"group_names has {len(names)} names for {len(result.counts)} groups")
+    row: dict[str, float] = {}
+    if train_group_counts is not None:
+        row["average (train-weighted)"] = average_accuracy(preds, labels, groups, num_groups, weighting="train", train_group_counts=train_group_counts)
+    row["average (test)"] = average_accuracy(preds, labels, groups, num_groups, weighting="test")
+    row["average (uniform)"] = average_accuracy(preds, labels, groups, num_groups, weighting="uniform")
+    row["worst-group"] = float(np.nanmin(result.accuracy))
+    row.update({name: float(acc) for name, acc in zip(names, result.accuracy)})
+    return row

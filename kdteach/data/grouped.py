@@ -1,2 +1,674 @@
-"""(in progress)"""
-__all__: list[str] = []
+"""Datasets with groups (label x spurious attribute), all returned as one structure, GroupedData.
+
+Offline stand-ins, generated in a second:
+- waterbirds_like: a foreground object whose SHAPE decides the label, on a BACKGROUND (colour and texture) that
+  agrees with the label 95% of the time in training and half the time in validation and test, with Waterbirds'
+  training group sizes (3498 / 184 / 56 / 1057). The background is the easy cue, the shape the harder one.
+- colored_digits: MNIST (or scikit-learn's digits) coloured with a colour that agrees with the label.
+Real data, in their published on-disk layouts: waterbirds() and celeba().
+
+Every loader returns GroupedData, so a notebook switches dataset with one argument. Groups are
+label * num_attributes + attribute (2 * label + attribute for the binary tasks).
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from kdteach import runtime
+from kdteach.data.batches import Batches
+from kdteach.groups import group_counts as _group_counts
+from kdteach.groups import group_ids
+
+__all__ = [
+    "GroupedData",
+    "ImageTransform",
+    "GroupBalancedBatches",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "WATERBIRDS_TRAIN_GROUP_COUNTS",
+    "WATERBIRDS_LIKE_DIFFICULTY",
+    "waterbirds_like",
+    "colored_digits",
+    "waterbirds",
+    "celeba",
+]
+
+SPLITS = ("train", "val", "test")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ImageTransform:
+    """uint8 images -> float32 in [0, 1], then (x - mean) / std per channel when mean and std are given.
+
+    One object per dataset, used by the teacher's and the student's batches alike, so both see the same
+    normalisation. Runs on the images' device (inside Batches, on the GPU).
+
+    Args:
+        mean: per-channel means (in [0, 1] units) or None for no normalisation.
+        std: per-channel standard deviations, given together with mean.
+    """
+
+    def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+        if (mean is None) != (std is None):
+            raise ValueError("mean and std must be given together (or both None)")
+        if std is not None and any(s <= 0 for s in std):
+            raise ValueError(f"std must be > 0 in every channel, got {tuple(std)}")
+        self.mean = tuple(float(m) for m in mean) if mean is not None else None
+        self.std = tuple(float(s) for s in std) if std is not None else None
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float().div(255.0)
+        if self.mean is None:
+            return x
+        if x.shape[1] != len(self.mean):
+            raise ValueError(f"images have {x.shape[1]} channels but mean and std have {len(self.mean)}")
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+    def __repr__(self) -> str:
+        return f"ImageTransform(mean={self.mean}, std={self.std})"
+
+
+class GroupBalancedBatches(Batches):
+    """Batches whose every epoch draws N rows with replacement so that each non-empty group is equally likely.
+
+    Group-balanced sampling (Sagawa et al. 2020; Idrissi et al. 2022): the 56 "waterbirds on land" are seen as
+    often as the 3498 "landbirds on land". Each epoch's draw is seeded by (seed, epoch), like Batches' shuffling.
+    batch["index"] still holds dataset rows, so per-example state (cached teacher logits) stays aligned.
+
+    Args:
+        tensors: as for Batches; must hold an integer group-id tensor under `group_key`.
+        batch_size, seed, augment, drop_last, transform: as for Batches.
+        group_key: which tensor holds the group ids.
+    """
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], batch_size: int, *, seed: int = 0, group_key: str = "group", **kwargs) -> None:
+        if group_key not in tensors:
+            raise ValueError(f"tensors has no {group_key!r} entry (group_key) to balance over; keys: {sorted(tensors)}")
+        super().__init__(tensors, batch_size, shuffle=True, seed=seed, **kwargs)
+        groups = self.tensors[group_key].long().cpu()
+        counts = torch.bincount(groups)
+        self._row_weights = 1.0 / counts[groups].double()  # each group's rows share one unit of probability
+
+    def __iter__(self):
+        generator = self._generator()
+        order = torch.multinomial(self._row_weights, self.n, replacement=True, generator=generator).to(self.device)
+        # Iterate over this epoch's draw in order, then map positions back to dataset rows.
+        drawn = Batches({k: v[order] for k, v in self.tensors.items()}, self.batch_size, drop_last=self.drop_last)
+        for batch in drawn:
+            batch["index"] = order[batch["index"]]
+            if self.augment is not None:
+                batch["x"] = self.augment(batch["x"], generator)
+            if self.transform is not None:
+                batch["x"] = self.transform(batch["x"])
+            yield batch
+
+
+@dataclass
+class GroupedData:
+    """A grouped image dataset: images, labels, spurious attribute and group id per example.
+
+    Attributes:
+        images: (N, C, H, W) uint8.
+        labels: (N,) int64 class ids.
+        spurious: (N,) int64 spurious attribute ids.
+        groups: (N,) int64 group ids (label * num_attributes + attribute).
+        num_classes: number of classes.
+        num_groups: number of groups.
+        group_names: one name per group, e.g. "waterbird on land".
+        name: dataset and split, e.g. "waterbirds_like/train".
+        mean, std: per-channel normalisation applied after scaling to [0, 1] (None: none).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    spurious: torch.Tensor
+    groups: torch.Tensor
+    num_classes: int
+    num_groups: int
+    group_names: list[str]
+    name: str
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    attribute_names: list[str] = field(default_factory=list)
+    class_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = len(self.labels)
+        if self.images.dim() != 4 or self.images.dtype != torch.uint8:
+            raise ValueError(f"images must be uint8 of shape (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        for key in ("images", "spurious", "groups"):
+            if len(getattr(self, key)) != n:
+                raise ValueError(f"{key} has {len(getattr(self, key))} rows, labels has {n}")
+        if len(self.group_names) != self.num_groups:
+            raise ValueError(f"group_names has {len(self.group_names)} names for num_groups={self.num_groups}")
+        if n and (int(self.groups.min()) < 0 or int(self.groups.max()) >= self.num_groups):
+            raise ValueError(f"groups must be in [0, {self.num_groups})")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def transform(self) -> ImageTransform:
+        """uint8 -> float in [0, 1], normalised with this dataset's mean and std (the same for every model)."""
+        return ImageTransform(self.mean, self.std)
+
+    def group_counts(self) -> np.ndarray:
+        """(num_groups,) examples per group."""
+        return _group_counts(self.groups, self.num_groups)
+
+    def subset(self, rows: torch.Tensor | np.ndarray | Sequence[int]) -> "GroupedData":
+        """The rows given (indices or a boolean mask), as a new GroupedData."""
+        rows = torch.as_tensor(rows)
+        return replace(self, images=self.images[rows], labels=self.labels[rows], spurious=self.spurious[rows], groups=self.groups[rows])
+
+    def tensors(self, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+        """{"x": uint8 images, "y": labels, "group": group ids, "spurious": attribute} on device."""
+        named = {"x": self.images, "y": self.labels, "group": self.groups, "spurious": self.spurious}
+        return {k: v.to(device) if device is not None else v for k, v in named.items()}
+
+    def batches(
+        self,
+        batch_size: int = 256,
+        *,
+        device: torch.device | str | None = None,
+        shuffle: bool = False,
+        balanced: bool = False,
+        seed: int = 0,
+        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+        drop_last: bool = False,
+        extra: Mapping[str, torch.Tensor] | None = None,
+    ) -> Batches:
+        """A kdteach.data.Batches over this dataset, resident on device, yielding float images.
+
+        Args:
+            batch_size: rows per batch.
+            device: where the tensors live (moved once); None keeps them where they are (CPU).
+            shuffle: reshuffle every epoch.
+            balanced: group-balanced sampling with replacement (GroupBalancedBatches); implies shuffling.
+            seed: seed of the shuffling / sampling and augmentation streams.
+            augment: optional (uint8 x, generator) -> x applied before the float transform.
+            drop_last: drop a final incomplete batch.
+            extra: more per-example tensors to carry (e.g. {"teacher_logits": ...}, {"weight": ...}).
+
+        Returns:
+            Batches yielding {"x": float images, "y", "group", "spurious", "index", *extra}.
+        """
+        tensors = self.tensors(device)
+        for key, value in (extra or {}).items():
+            if key in tensors or key == "index":
+                raise ValueError(f"extra may not replace {key!r}")
+            if len(value) != len(self):
+                raise ValueError(f"extra[{key!r}] has {len(value)} rows, the dataset has {len(self)}")
+            tensors[key] = value.to(tensors["x"].device)
+        common = {"seed": seed, "augment": augment, "drop_last": drop_last, "transform": self.transform}
+        if balanced:
+            return GroupBalancedBatches(tensors, batch_size, **common)
+        return Batches(tensors, batch_size, shuffle=shuffle, **common)
+
+    def group_table(self) -> list[dict[str, object]]:
+        """One row per group: id, name, count and share of the split (for printing)."""
+        counts = self.group_counts()
+        total = max(int(counts.sum()), 1)
+        return [{"group": g, "name": name, "count": int(c), "share": float(c) / total} for g, (name, c) in enumerate(zip(self.group_names, counts))]
+
+
+def _check_split(split: str) -> int:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return SPLITS.index(split)
+
+
+def _binary_group_names(class_names: Sequence[str], attribute_names: Sequence[str]) -> list[str]:
+    return [f"{c} {a}" for c in class_names for a in attribute_names]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# waterbirds_like: procedural birds on procedural backgrounds
+# --------------------------------------------------------------------------------------------------------------
+
+# Waterbirds' training split: landbird on land, landbird on water, waterbird on land, waterbird on water.
+WATERBIRDS_TRAIN_GROUP_COUNTS = (3498, 184, 56, 1057)
+# Waterbirds' split sizes; the class balance (23% waterbirds) is the same in every split.
+_WATERBIRDS_SPLIT_SIZES = {"train": 4795, "val": 1199, "test": 5794}
+_WATERBIRD_SHARE = (WATERBIRDS_TRAIN_GROUP_COUNTS[2] + WATERBIRDS_TRAIN_GROUP_COUNTS[3]) / sum(WATERBIRDS_TRAIN_GROUP_COUNTS)
+
+# The difficulty of the stand-in, chosen so that ERM of a small CNN reaches a high average but a clearly lower
+# worst-group accuracy (tests/test_grouped_data.py checks this). The label is the number of lobes of a star-shaped
+# blob (3 for landbirds, 4 for waterbirds): a shape cue that needs spatial reasoning. The background is a colour
+# and a texture (green-brown blotches for land, blue horizontal waves for water): a cue one pixel nearly gives away.
+WATERBIRDS_LIKE_DIFFICULTY = {
+    "lobes": (3, 4),  # lobes of the landbird and the waterbird shape
+    "lobe_depth": 0.35,  # how deep the lobes are cut, relative to the radius (smaller: the shapes look more alike)
+    "radius": (0.28, 0.42),  # object radius as a fraction of the half-width of the image, drawn uniformly
+    "max_offset": 0.35,  # largest shift of the object's centre from the image centre, same units
+    "noise": 0.06,  # std of Gaussian pixel noise, in [0, 1] intensity units
+}
+
+
+def _group_sizes(n: int, p_corr: float) -> list[int]:
+    # Class sizes follow Waterbirds' 77 / 23 split; within a class, the background agrees with the label with
+    # probability p_corr. At the defaults this gives Waterbirds' exact training counts.
+    n_water = int(round(n * _WATERBIRD_SHARE))
+    n_land = n - n_water
+    land_on_land = int(round(n_land * p_corr))
+    water_on_water = int(round(n_water * p_corr))
+    return [land_on_land, n_land - land_on_land, n_water - water_on_water, water_on_water]
+
+
+def _split_generator(seed: int, split: str, salt: int) -> torch.Generator:
+    # Different, reproducible streams for every (seed, split, dataset).
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, SPLITS.index(split), salt]).generate_state(1)[0]))
+
+
+def _uniform(shape: Sequence[int], low: float, high: float, generator: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * torch.rand(*shape, generator=generator)
+
+
+def _draw_backgrounds(water: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Land (green-brown blotches) or water (blue horizontal waves) backgrounds, (N, 3, S, S) floats in [0, 1]."""
+    n = len(water)
+    coords = torch.linspace(-1, 1, size)
+    yy, xx = coords[None, :, None], coords[None, None, :]  # (1, S, 1), (1, 1, S)
+    # Land: a sum of three random plane waves of low frequency gives soft blotches.
+    angles = _uniform((n, 3, 1, 1), 0, np.pi, generator)
+    freqs = _uniform((n, 3, 1, 1), 1.5, 3.5, generator)
+    phases = _uniform((n, 3, 1, 1), 0, 2 * np.pi, generator)
+    proj = torch.cos(angles) * xx[:, None] + torch.sin(angles) * yy[:, None]
+    blotches = torch.sin(np.pi * freqs * proj + phases).mean(dim=1)  # (N, S, S) in [-1, 1]
+    # Water: horizontal waves, slightly wobbling along x.
+    wave_freq = _uniform((n, 1, 1), 4.0, 7.0, generator)
+    wobble = 0.15 * torch.sin(np.pi * _uniform((n, 1, 1), 1, 3, generator) * xx + _uniform((n, 1, 1), 0, 6.3, generator))
+    waves = torch.sin(np.pi * wave_freq * (yy + wobble) + _uniform((n, 1, 1), 0, 6.3, generator))
+    texture = torch.where(water[:, None, None], waves, blotches)  # (N, S, S)
+    mix = (0.5 + 0.5 * texture)[:, None]  # (N, 1, S, S): 0 -> first colour, 1 -> second colour
+    land_a, land_b = torch.tensor([0.25, 0.45, 0.15]), torch.tensor([0.50, 0.38, 0.20])  # grass, earth
+    water_a, water_b = torch.tensor([0.10, 0.25, 0.55]), torch.tensor([0.35, 0.60, 0.85])  # deep, light
+    first = torch.where(water[:, None], water_a, land_a)[:, :, None, None]
+    second = torch.where(water[:, None], water_b, land_b)[:, :, None, None]
+    brightness = _uniform((n, 1, 1, 1), 0.75, 1.25, generator)  # lighting varies image to image
+    return ((1 - mix) * first + mix * second) * brightness
+
+
+def _draw_objects(waterbird: torch.Tensor, size: int, generator: torch.Generator, difficulty: Mapping[str, object]) -> torch.Tensor:
+    """Soft masks (N, 1, S, S) of star-shaped blobs whose number of lobes is set by the label."""
+    n = len(waterbird)
+    coords = torch.linspace(-1, 1, size)
+    yy, xx = coords[None, :, None], coords[None, None, :]
+    max_offset = float(difficulty["max_offset"])
+    low, high = difficulty["radius"]
+    centre_x = _uniform((n, 1, 1), -max_offset, max_offset, generator)
+    centre_y = _uniform((n, 1, 1), -max_offset, max_offset, generator)
+    radius = _uniform((n, 1, 1), float(low), float(high), generator)
+    rotation = _uniform((n, 1, 1), 0, 2 * np.pi, generator)
+    lobes = torch.where(waterbird, float(difficulty["lobes"][1]), float(difficulty["lobes"][0]))[:, None, None]
+    dx, dy = xx - centre_x, yy - centre_y
+    r = torch.sqrt(dx**2 + dy**2)
+    theta = torch.atan2(dy, dx) + rotation
+    # The boundary radius wobbles with the angle: `lobes` bumps around the circle.
+    boundary = radius * (1 + float(difficulty["lobe_depth"]) * torch.cos(lobes * theta))
+    edge = 1.0 / size  # about half a pixel of anti-aliasing
+    return torch.sigmoid((boundary - r) / edge)[:, None]
+
+
+def waterbirds_like(
+    split: str = "train",
+    n: int | None = None,
+    *,
+    image_size: int = 32,
+    p_corr: float = 0.95,
+    seed: int = 0,
+    difficulty: Mapping[str, object] | None = None,
+) -> GroupedData:
+    """A Waterbirds-like stand-in: the object's shape decides the label, the background is the spurious cue.
+
+    Label 0 "landbird" is a 3-lobed blob, label 1 "waterbird" a 4-lobed blob, each at a random position, size,
+    rotation and colour. Attribute 0 is a land background (green-brown blotches), 1 a water background (blue waves).
+    In training the background agrees with the label with probability p_corr; in validation and test it agrees
+    half the time (balanced within each class). Class sizes follow Waterbirds (23% waterbirds) in every split.
+
+    Args:
+        split: "train", "val" or "test".
+        n: number of images; None uses Waterbirds' split size (4795 / 1199 / 5794), which at p_corr=0.95 gives
+            exactly Waterbirds' training groups 3498 / 184 / 56 / 1057.
+        image_size: side of the square images in pixels.
+        p_corr: P(background agrees with label) in training, in [0.5, 1].
+        seed: seed of the draw (each split has its own stream, so splits never share images).
+        difficulty: overrides of WATERBIRDS_LIKE_DIFFICULTY.
+
+    Returns:
+        GroupedData with 3-channel uint8 images, groups 2 * label + background.
+    """
+    _check_split(split)
+    n = _WATERBIRDS_SPLIT_SIZES[split] if n is None else n
+    if not isinstance(n, int) or n < 4:
+        raise ValueError(f"n must be an int >= 4, got {n!r}")
+    if not 0.5 <= p_corr <= 1.0:
+        raise ValueError(f"p_corr must be in [0.5, 1], got {p_corr}")
+    if not isinstance(image_size, int) or image_size < 8:
+        raise ValueError(f"image_size must be an int >= 8, got {image_size!r}")
+    settings = {**WATERBIRDS_LIKE_DIFFICULTY, **(difficulty or {})}
+    unknown = set(settings) - set(WATERBIRDS_LIKE_DIFFICULTY)
+    if unknown:
+        raise ValueError(f"difficulty has unknown keys {sorted(unknown)}; known: {sorted(WATERBIRDS_LIKE_DIFFICULTY)}")
+    generator = _split_generator(seed, split, salt=1)
+
+    sizes = _group_sizes(n, p_corr if split == "train" else 0.5)
+    groups = torch.repeat_interleave(torch.arange(4), torch.tensor(sizes))
+    groups = groups[torch.randperm(n, generator=generator)]
+    labels, water = groups // 2, groups % 2
+
+    background = _draw_backgrounds(water.bool(), image_size, generator)
+    mask = _draw_objects(labels.bool(), image_size, generator, settings)
+    colour = _uniform((n, 3, 1, 1), 0.0, 1.0, generator)  # the object's colour says nothing about the label
+    images = (1 - mask) * background + mask * colour
+    images = images + float(settings["noise"]) * torch.randn(images.shape, generator=generator)
+    images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+
+    class_names, attribute_names = ["landbird", "waterbird"], ["on land", "on water"]
+    return GroupedData(
+        images=images,
+        labels=labels.long(),
+        spurious=water.long(),
+        groups=groups.long(),
+        num_classes=2,
+        num_groups=4,
+        group_names=_binary_group_names(class_names, attribute_names),
+        name=f"waterbirds_like/{split}",
+        class_names=class_names,
+        attribute_names=attribute_names,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# colored_digits: digits painted in a colour that agrees with the label
+# --------------------------------------------------------------------------------------------------------------
+
+# One colour per class (RGB in [0, 1]); with two classes, red and green as in Arjovsky et al.'s coloured MNIST.
+_DIGIT_COLOURS = (
+    (0.95, 0.15, 0.15), (0.15, 0.85, 0.20), (0.20, 0.35, 0.95), (0.95, 0.85, 0.10), (0.85, 0.20, 0.85),
+    (0.10, 0.85, 0.85), (0.95, 0.55, 0.10), (0.55, 0.30, 0.10), (0.60, 0.60, 0.60), (0.55, 0.95, 0.55),
+)
+_COLOUR_NAMES = ("red", "green", "blue", "yellow", "magenta", "cyan", "orange", "brown", "grey", "light green")
+
+
+def _digits_split(split: str, root: str | Path | None) -> tuple[torch.Tensor, torch.Tensor, str]:
+    # MNIST (or scikit-learn's digits when MNIST is absent) has train and test only: validation is a fixed sixth of
+    # the training digits, the same for every seed.
+    from kdteach.data.mnist import load_digits_standin, load_mnist
+
+    source_split = "test" if split == "test" else "train"
+    try:
+        images, digits = load_mnist(source_split, root=root)
+        source = "MNIST"
+    except FileNotFoundError:
+        images, digits = load_digits_standin(source_split)
+        source = "sklearn digits"
+    if split != "test":
+        order = torch.as_tensor(np.random.default_rng(0).permutation(len(digits)))
+        cut = len(digits) // 6
+        rows = order[:cut] if split == "val" else order[cut:]
+        images, digits = images[rows], digits[rows]
+    return images, digits, source
+
+
+def colored_digits(
+    split: str = "train",
+    n: int | None = None,
+    *,
+    num_classes: int = 2,
+    p_corr: float = 0.95,
+    seed: int = 0,
+    root: str | Path | None = None,
+) -> GroupedData:
+    """Handwritten digits painted in a colour that agrees with the label with probability p_corr in training.
+
+    With num_classes=2 the label is "digit >= 5" and the colours red and green; with num_classes=10 the label is the
+    digit and there are ten colours. In validation and test the colour is drawn independently of the label.
+    MNIST is used when found (kdteach.data.find_mnist_root), scikit-learn's digits otherwise.
+
+    Args:
+        split: "train", "val" (a fixed sixth of MNIST's training digits) or "test".
+        n: number of images (a seeded subset); None uses the whole split.
+        num_classes: 2 or 10.
+        p_corr: P(colour agrees with label) in training, in [1 / num_classes, 1].
+        seed: seed of the colours and the subset.
+        root: folder holding MNIST/raw/; None searches the data folders.
+
+    Returns:
+        GroupedData with (N, 3, 28, 28) uint8 images; group = label * num_classes + colour.
+    """
+    _check_split(split)
+    if num_classes not in (2, 10):
+        raise ValueError(f"num_classes must be 2 or 10, got {num_classes!r}")
+    if not 1.0 / num_classes <= p_corr <= 1.0:
+        raise ValueError(f"p_corr must be in [{1 / num_classes:g}, 1], got {p_corr}")
+    images, digits, source = _digits_split(split, root)
+    generator = _split_generator(seed, split, salt=2)
+    if n is not None:
+        if not isinstance(n, int) or not 1 <= n <= len(digits):
+            raise ValueError(f"n must be an int in [1, {len(digits)}] for this split, got {n!r}")
+        rows = torch.randperm(len(digits), generator=generator)[:n].sort().values
+        images, digits = images[rows], digits[rows]
+    labels = (digits >= 5).long() if num_classes == 2 else digits.long()
+
+    # Colour = label with probability p (p_corr in training, chance elsewhere), else one of the other colours.
+    agree = p_corr if split == "train" else 1.0 / num_classes
+    keep = torch.rand(len(labels), generator=generator) < agree
+    shift = torch.randint(1, num_classes, (len(labels),), generator=generator)
+    colours = torch.where(keep, labels, (labels + shift) % num_classes)
+
+    palette = torch.tensor(_DIGIT_COLOURS[:num_classes])  # (K, 3)
+    painted = images.float() * palette[colours][:, :, None, None]  # (N, 3, 28, 28)
+    class_names = ["digit 0-4", "digit 5-9"] if num_classes == 2 else [f"digit {d}" for d in range(10)]
+    attribute_names = [f"in {c}" for c in _COLOUR_NAMES[:num_classes]]
+    return GroupedData(
+        images=painted.round().to(torch.uint8),
+        labels=labels,
+        spurious=colours.long(),
+        groups=group_ids(labels, colours, num_classes),
+        num_classes=num_classes,
+        num_groups=num_classes**2,
+        group_names=_binary_group_names(class_names, attribute_names),
+        name=f"colored_digits ({source})/{split}",
+        class_names=class_names,
+        attribute_names=attribute_names,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Real data in their published layouts
+# --------------------------------------------------------------------------------------------------------------
+
+WATERBIRDS_FOLDERS = ("waterbird_complete95_forest2water2", "waterbirds_v1.0", "waterbirds")
+_WATERBIRDS_HELP = (
+    "Get it with the WILDS package (pip install wilds; python -c \"from wilds import get_dataset; "
+    "get_dataset('waterbirds', download=True, root_dir='DATA')\") or the original archive "
+    "https://nlp.stanford.edu/data/dro/waterbird_complete95_forest2water2.tar.gz (extract it in DATA). "
+    "DATA is {data} (set KDTEACH_DATA to use another folder), or pass root= to the folder holding metadata.csv."
+)
+_CELEBA_HELP = (
+    "Get it with torchvision (torchvision.datasets.CelebA('DATA', download=True), which often hits Google Drive's "
+    "quota) or from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html: put img_align_celeba/, list_attr_celeba.txt "
+    "and list_eval_partition.txt in DATA/celeba/. DATA is {data} (set KDTEACH_DATA to use another folder), or pass "
+    "root= to the folder holding celeba/."
+)
+
+
+def _candidate_roots(root: str | Path | None) -> list[Path]:
+    return [Path(root)] if root is not None else runtime.data_search_path()
+
+
+def _find_waterbirds(root: str | Path | None) -> Path:
+    for base in _candidate_roots(root):
+        for folder in (base, *(base / name for name in WATERBIRDS_FOLDERS)):
+            if (folder / "metadata.csv").is_file():
+                return folder
+    searched = ", ".join(str(p) for p in _candidate_roots(root)) or "(no data folder exists yet)"
+    raise FileNotFoundError(
+        f"Waterbirds not found: no metadata.csv in {searched} or their subfolders {', '.join(WATERBIRDS_FOLDERS)}. "
+        + _WATERBIRDS_HELP.format(data=runtime.data_dir())
+    )
+
+
+def _load_images(paths: Sequence[Path], image_size: int, crop_to_square: bool) -> torch.Tensor:
+    """Decodes image files to one (N, 3, S, S) uint8 tensor: the evaluation transform of the Waterbirds papers
+    (resize to 256/224 of the target, centre crop), or for CelebA a centre square crop then resize."""
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+    from tqdm.auto import tqdm
+
+    out = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
+    for i, path in enumerate(tqdm(paths, desc="decoding images", disable=len(paths) < 2000)):
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+            if crop_to_square:
+                image = TF.center_crop(image, [min(image.size)] * 2)
+                image = TF.resize(image, [image_size, image_size], antialias=True)
+            else:
+                scaled = int(round(image_size * 256 / 224))
+                image = TF.center_crop(TF.resize(image, [scaled, scaled], antialias=True), [image_size, image_size])
+            out[i] = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return out
+
+
+def _subsample(count: int, n: int | None, seed: int, split: str) -> np.ndarray:
+    if n is None:
+        return np.arange(count)
+    if not isinstance(n, int) or not 1 <= n <= count:
+        raise ValueError(f"n must be an int in [1, {count}] for this split, got {n!r}")
+    return np.sort(np.random.default_rng([seed, SPLITS.index(split)]).choice(count, size=n, replace=False))
+
+
+def waterbirds(root: str | Path | None = None, split: str = "train", *, image_size: int = 224, n: int | None = None, seed: int = 0) -> GroupedData:
+    """Waterbirds (Sagawa et al. 2020) read from its published layout: metadata.csv (img_filename, y, split, place)
+    beside the image folders, as in the original archive and in WILDS' waterbirds_v1.0.
+
+    Args:
+        root: the folder holding metadata.csv, or one holding waterbird_complete95_forest2water2/ or waterbirds_v1.0/;
+            None searches the data folders (KDTEACH_DATA, the checkout's data/, ../shared/data).
+        split: "train", "val" or "test" (metadata split 0, 1, 2).
+        image_size: side of the square images (resize to 256/224 of it, then centre crop).
+        n: a seeded random subset of this many images (None: all).
+        seed: seed of the subset.
+
+    Returns:
+        GroupedData (ImageNet normalisation), groups 2 * y + place: landbird on land, landbird on water,
+        waterbird on land, waterbird on water.
+    """
+    index = _check_split(split)
+    folder = _find_waterbirds(root)
+    with open(folder / "metadata.csv", newline="") as f:
+        rows = [row for row in csv.DictReader(f)]
+    missing = {"img_filename", "y", "split", "place"} - set(rows[0] if rows else {})
+    if missing:
+        raise ValueError(f"{folder / 'metadata.csv'} lacks the columns {sorted(missing)}")
+    rows = [row for row in rows if int(row["split"]) == index]
+    rows = [rows[i] for i in _subsample(len(rows), n, seed, split)]
+    labels = torch.tensor([int(row["y"]) for row in rows], dtype=torch.int64)
+    places = torch.tensor([int(row["place"]) for row in rows], dtype=torch.int64)
+    paths = [folder / row["img_filename"] for row in rows]
+    absent = [p for p in paths if not p.is_file()]
+    if absent:
+        raise FileNotFoundError(f"Waterbirds: {len(absent)} images listed in metadata.csv are missing, e.g. {absent[0]}. " + _WATERBIRDS_HELP.format(data=runtime.data_dir()))
+    class_names, attribute_names = ["landbird", "waterbird"], ["on land", "on water"]
+    return GroupedData(
+        images=_load_images(paths, image_size, crop_to_square=False),
+        labels=labels,
+        spurious=places,
+        groups=group_ids(labels, places),
+        num_classes=2,
+        num_groups=4,
+        group_names=_binary_group_names(class_names, attribute_names),
+        name=f"waterbirds/{split}",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        class_names=class_names,
+        attribute_names=attribute_names,
+    )
+
+
+def _find_celeba(root: str | Path | None) -> Path:
+    needed = ("list_attr_celeba.txt", "list_eval_partition.txt", "img_align_celeba")
+    for base in _candidate_roots(root):
+        for folder in (base / "celeba", base):
+            if all((folder / name).exists() for name in needed):
+                return folder
+    searched = ", ".join(str(p) for p in _candidate_roots(root)) or "(no data folder exists yet)"
+    raise FileNotFoundError(f"CelebA not found: no celeba/ folder with {', '.join(needed)} in {searched}. " + _CELEBA_HELP.format(data=runtime.data_dir()))
+
+
+def _read_celeba_table(path: Path, header: bool) -> tuple[list[str], list[str], np.ndarray]:
+    # torchvision's format: whitespace-separated; list_attr_celeba.txt starts with a count line and a header line.
+    with open(path) as f:
+        lines = [line.split() for line in f if line.strip()]
+    columns = lines[1] if header else []
+    body = lines[2:] if header else lines
+    return columns, [row[0] for row in body], np.array([[int(v) for v in row[1:]] for row in body], dtype=np.int64)
+
+
+def celeba(
+    root: str | Path | None = None,
+    split: str = "train",
+    *,
+    image_size: int = 64,
+    n: int | None = None,
+    seed: int = 0,
+    target: str = "Blond_Hair",
+    attribute: str = "Male",
+) -> GroupedData:
+    """CelebA read from torchvision's layout (celeba/img_align_celeba/, list_attr_celeba.txt, list_eval_partition.txt).
+
+    The usual group-robustness task (Sagawa et al. 2020): label = blond hair, spurious attribute = male; the
+    smallest training group is blond men.
+
+    Args:
+        root: the folder holding celeba/ (torchvision's root); None searches the data folders.
+        split: "train", "val" or "test" (partition 0, 1, 2).
+        image_size: side of the square images (centre square crop, then resize); 64 keeps all 162k training
+            images at 2 GB.
+        n: a seeded random subset of this many images (None: all).
+        seed: seed of the subset.
+        target: the attribute used as the label.
+        attribute: the attribute used as the spurious attribute.
+
+    Returns:
+        GroupedData (ImageNet normalisation), groups 2 * target + attribute.
+    """
+    index = _check_split(split)
+    folder = _find_celeba(root)
+    columns, names, values = _read_celeba_table(folder / "list_attr_celeba.txt", header=True)
+    for arg, value in (("target", target), ("attribute", attribute)):
+        if value not in columns:
+            raise ValueError(f"{arg} must be one of CelebA's attributes {columns}, got {value!r}")
+    _, partition_names, partition = _read_celeba_table(folder / "list_eval_partition.txt", header=False)
+    split_of = dict(zip(partition_names, partition[:, 0]))
+    rows = np.array([i for i, name in enumerate(names) if split_of.get(name) == index], dtype=np.int64)
+    rows = rows[_subsample(len(rows), n, seed, split)]
+    labels = torch.from_numpy((values[rows, columns.index(target)] > 0).astype(np.int64))
+    spurious = torch.from_numpy((values[rows, columns.index(attribute)] > 0).astype(np.int64))
+    paths = [folder / "img_align_celeba" / names[i] for i in rows]
+    class_names = [f"not {target}", target]
+    attribute_names = [f"not {attribute}", attribute]
+    return GroupedData(
+        images=_load_images(paths, image_size, crop_to_square=True),
+        labels=labels,
+        spurious=spurious,
+        groups=group_ids(labels, spurious),
+        num_classes=2,
+        num_groups=4,
+        group_names=[f"{c}, {a}" for c in class_names for a in attribute_names],
+        name=f"celeba/{split}",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        class_names=class_names,
+        attribute_names=attribute_names,
+    )
