@@ -14,11 +14,35 @@ so the weight is close to a constant e^beta on readout errors); beta sets how la
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Iterator
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-__all__ = ["confidence_margin", "dedier_weights"]
+from kdteach.data.batches import Batch, Batches
+from kdteach.distill import autocast_context
+from kdteach.train import predict
+
+__all__ = [
+    "confidence_margin",
+    "dedier_weights",
+    "EarlyReadout",
+    "DeDiERReweighting",
+    "student_left_as_is",
+    "parameters_upto",
+    "jtt_error_set",
+    "jtt_weights",
+    "GroupDROLoss",
+    "SimKDStudent",
+    "SimKDLoss",
+    "teacher_features",
+    "readout_by_group",
+    "confident_error_retrieval",
+    "weights_by_group",
+]
 
 
 def _check_logits(name: str, logits: torch.Tensor) -> None:
@@ -76,3 +100,624 @@ def dedier_weights(readout_logits: torch.Tensor, labels: torch.Tensor, *, alpha:
     wrong = readout_logits.argmax(dim=1) != labels.to(readout_logits.device)
     upweight = torch.exp(beta * margin.pow(alpha))
     return torch.where(wrong, upweight, torch.ones_like(margin))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The early readout
+# ---------------------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def student_left_as_is(model: nn.Module, *, train_mode: bool = False) -> Iterator[nn.Module]:
+    """Runs a block with model in eval mode, then puts every submodule's train/eval flag back as it was.
+
+    model.train(was_training) would not be enough: a frozen teacher or a frozen block inside the model keeps its
+    own mode, and a blanket call would overwrite it. Eval mode is what keeps BatchNorm's running statistics still
+    (in train mode every forward pass moves them, which is what the official DeDiER code's readout epoch does).
+
+    Args:
+        model: the student.
+        train_mode: put the model in train mode instead (reproduces the official code's BatchNorm drift).
+
+    Yields:
+        The model.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    model.train(train_mode)
+    try:
+        yield model
+    finally:
+        for module, was_training in modes:
+            module.training = was_training
+
+
+def _stage_features(model: nn.Module, x: torch.Tensor, stage: str) -> torch.Tensor:
+    if not hasattr(model, "features") or stage not in getattr(model, "stage_names", ()):
+        names = getattr(model, "stage_names", None)
+        raise ValueError(f"stage must be one of the model's stage_names {names}, got {stage!r}")
+    return model.features(x, upto=stage)[stage]
+
+
+def parameters_upto(model: nn.Module, stage: str, x: torch.Tensor) -> list[nn.Parameter]:
+    """The parameters that the features at `stage` depend on (the modules a readout there shares with the model).
+
+    Found by differentiating the stage's output on a small batch, so it works for any model with features(),
+    without knowing how its modules are named. Runs in eval mode and leaves the model exactly as it was.
+
+    Args:
+        model: a model with stage_names and features(x, upto=...).
+        stage: one of model.stage_names.
+        x: a few example inputs.
+
+    Returns:
+        The parameters with a non-zero path to that stage's features, in model.parameters() order.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    with student_left_as_is(model), torch.enable_grad():
+        out = _stage_features(model, x, stage)
+        grads = torch.autograd.grad(out.float().sum(), params, allow_unused=True)
+    return [p for p, g in zip(params, grads) if g is not None]
+
+
+class EarlyReadout:
+    """A small classifier on an early stage of the student, retrained from scratch on the student's current features.
+
+    The readout's features are computed under no_grad and with the student in eval mode: it learns nothing into
+    the student, and the student's BatchNorm statistics, train/eval flags and requires_grad flags are exactly as
+    before (the official code let the readout epoch move BatchNorm statistics).
+
+    Args:
+        stage: the student's stage to read (one of its stage_names, e.g. "layer1").
+        num_classes: number of classes.
+        head: "conv" (3x3 conv, BatchNorm, ReLU, global average pool, linear: the official code's head) or "linear"
+            (global average pool, then a linear probe). 2-D features (an MLP's) only take "linear".
+        epochs: epochs the head trains for each time fit() is called (the official code: 1).
+        lr: Adam learning rate of the head.
+        batch_size: rows per step; None uses the training batches' batch size.
+        hidden_channels: channels of the conv head; None keeps the stage's channel count.
+        seed: seeds the head's initialisation and its shuffling (together with how often fit() has run).
+        features_in_train_mode: reproduce the official code's defect (student in train mode while the readout reads
+            it, so BatchNorm statistics move). Off by default.
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        num_classes: int,
+        *,
+        head: str = "conv",
+        epochs: int = 1,
+        lr: float = 1e-3,
+        batch_size: int | None = None,
+        hidden_channels: int | None = None,
+        seed: int = 0,
+        features_in_train_mode: bool = False,
+    ) -> None:
+        if head not in ("conv", "linear"):
+            raise ValueError(f"head must be 'conv' or 'linear', got {head!r}")
+        if not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr!r}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {batch_size!r}")
+        self.stage = stage
+        self.num_classes = num_classes
+        self.head_kind = head
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.hidden_channels = hidden_channels
+        self.seed = seed
+        self.features_in_train_mode = features_in_train_mode
+        self.head: nn.Module | None = None
+        self.fits = 0  # how often the head was retrained: part of its seed, so every refit differs but reproducibly
+
+    def _build_head(self, features: torch.Tensor) -> nn.Module:
+        if features.dim() == 2:
+            if self.head_kind == "conv":
+                raise ValueError(f"head='conv' needs (N, C, H, W) features; stage {self.stage!r} gives {tuple(features.shape)}: use head='linear'")
+            return nn.Linear(features.shape[1], self.num_classes)
+        if features.dim() != 4:
+            raise ValueError(f"stage {self.stage!r} gives features of shape {tuple(features.shape)}; expected (N, C) or (N, C, H, W)")
+        channels = features.shape[1]
+        if self.head_kind == "linear":
+            return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, self.num_classes))
+        hidden = self.hidden_channels or channels
+        return nn.Sequential(
+            nn.Conv2d(channels, hidden, 3, padding=1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(hidden, self.num_classes),
+        )
+
+    @torch.no_grad()
+    def features(self, student: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The student's features at the readout's stage, with no gradient path back (float32)."""
+        with autocast_context(x.device):
+            return _stage_features(student, x, self.stage).float()
+
+    def fit(self, student: nn.Module, batches: Batches) -> dict[str, float]:
+        """Re-initialises the head and trains it with cross-entropy on the student's frozen features.
+
+        Args:
+            student: the student (left exactly as it was).
+            batches: labelled training Batches ("x", "y"); its augmentation and transform are used, its order is
+                reshuffled with the readout's own seed.
+
+        Returns:
+            {"readout_train_loss": mean loss of the last readout epoch}.
+        """
+        if "y" not in batches.tensors:
+            raise ValueError("batches must carry labels 'y' to train the readout")
+        device = batches.device
+        stream = Batches(
+            batches.tensors,
+            self.batch_size or batches.batch_size,
+            shuffle=True,
+            seed=self.seed * 7919 + self.fits,
+            augment=batches.augment,
+            transform=batches.transform,
+        )
+        with student_left_as_is(student, train_mode=self.features_in_train_mode):
+            first = next(iter(Batches(batches.tensors, 2, transform=batches.transform)))
+            # A fresh head each time, initialised from its own seeded stream (the global RNG is left alone).
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed * 1_000_003 + self.fits)
+                head = self._build_head(self.features(student, first["x"])).to(device)
+            optimizer = torch.optim.Adam(head.parameters(), lr=self.lr)
+            head.train()
+            loss_sum = torch.zeros((), device=device)
+            for epoch in range(self.epochs):
+                stream.set_epoch(epoch)
+                loss_sum.zero_()
+                seen = 0
+                for batch in stream:
+                    features = self.features(student, batch["x"])
+                    with autocast_context(device):
+                        logits = head(features)
+                    loss = F.cross_entropy(logits.float(), batch["y"])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    loss_sum += loss.detach() * len(batch["index"])
+                    seen += len(batch["index"])
+        head.eval()
+        self.head = head
+        self.fits += 1
+        return {"readout_train_loss": float(loss_sum) / max(seen, 1)}
+
+    @torch.no_grad()
+    def predict(self, student: nn.Module, batches: Batches) -> torch.Tensor:
+        """The readout's logits on every row of batches, in dataset order, without augmentation.
+
+        Args:
+            student: the student the head was trained on.
+            batches: Batches with "x".
+
+        Returns:
+            (N, num_classes) float32 logits.
+        """
+        if self.head is None:
+            raise RuntimeError("EarlyReadout.predict: the head has not been trained yet; call fit() first")
+        ordered = Batches(batches.tensors, self.batch_size or batches.batch_size, transform=batches.transform)
+        with student_left_as_is(student):
+            chunks = []
+            for batch in ordered:
+                features = self.features(student, batch["x"])
+                with autocast_context(features.device):
+                    chunks.append(self.head(features).float())
+        return torch.cat(chunks)
+
+    def state_dict(self) -> dict:
+        """The head's weights, its kind and the refit counter (for checkpoints)."""
+        return {"fits": self.fits, "head": None if self.head is None else self.head.state_dict()}
+
+    def load_state_dict(self, state: dict, *, example_features: torch.Tensor | None = None) -> None:
+        """Restores the refit counter, and the head when example_features (one batch of stage features) is given."""
+        self.fits = int(state["fits"])
+        if state.get("head") is not None and example_features is not None:
+            head = self._build_head(example_features).to(example_features.device)
+            head.load_state_dict(state["head"])
+            self.head = head.eval()
+
+
+class DeDiERReweighting:
+    """fit()'s on_epoch_end for DeDiER: retrain the readout, then rewrite the training set's instance weights.
+
+    After each student epoch: re-initialise and train the readout on the student's current (frozen) features,
+    run it over the training set, and store dedier_weights(...) in train.tensors["weight"], which KDLoss and
+    cross_entropy_loss multiply into each example's loss. Epoch 0 is plain KD (all weights start at 1). The weights
+    are recomputed from scratch each epoch, as the paper describes; two switches reproduce the official code:
+
+    - sticky=True: an example keeps the weight it got when last wrong, even after the readout gets it right;
+    - freeze_shared=True: after the first reweighting, the student's modules up to the readout's stage (stem and
+      layer1 for a layer1 readout) get requires_grad=False and stop learning.
+
+    Checkpointing: fit() saves state_dict() with the model, so a resumed run continues with the same weights.
+
+    Args:
+        student: the student being distilled (the model fit() trains).
+        readout: the EarlyReadout.
+        train: the training Batches (its tensors gain a "weight" entry).
+        alpha: exponent on the margin.
+        beta: scale in the exponent.
+        sticky: reproduce the official code's never-reset weights.
+        freeze_shared: reproduce the official code's freezing of the shared early modules.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        readout: EarlyReadout,
+        train: Batches,
+        *,
+        alpha: float,
+        beta: float,
+        sticky: bool = False,
+        freeze_shared: bool = False,
+    ) -> None:
+        if "y" not in train.tensors:
+            raise ValueError("train must carry labels 'y'")
+        dedier_weights(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), alpha=alpha, beta=beta)  # checks alpha, beta
+        self.student = student
+        self.readout = readout
+        self.train = train
+        self.alpha = alpha
+        self.beta = beta
+        self.sticky = sticky
+        self.freeze_shared = freeze_shared
+        self.frozen = False
+        self.readout_logits: torch.Tensor | None = None  # the last readout's logits on the training set, for plots
+        train.tensors["weight"] = torch.ones(train.n, device=train.device)
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """The current (N,) instance weights."""
+        return self.train.tensors["weight"]
+
+    def __call__(self, epoch: int, model: nn.Module) -> dict[str, float]:
+        if model is not self.student:
+            raise ValueError("DeDiERReweighting was called with a model that is not its student")
+        row = self.readout.fit(model, self.train)
+        logits = self.readout.predict(model, self.train)
+        labels = self.train.tensors["y"]
+        fresh = dedier_weights(logits, labels, alpha=self.alpha, beta=self.beta)
+        wrong = logits.argmax(dim=1) != labels
+        weights = torch.where(wrong, fresh, self.weights) if self.sticky else fresh
+        self.train.tensors["weight"] = weights
+        self.readout_logits = logits
+        if self.freeze_shared and not self.frozen:
+            self._freeze()
+        row.update(
+            readout_train_acc=float((~wrong).float().mean()),
+            upweighted_fraction=float((weights > 1).float().mean()),
+            mean_weight=float(weights.mean()),
+        )
+        return row
+
+    def _freeze(self) -> None:
+        example = next(iter(Batches(self.train.tensors, 2, transform=self.train.transform)))["x"]
+        for p in parameters_upto(self.student, self.readout.stage, example):
+            p.requires_grad_(False)
+        self.frozen = True
+
+    def state_dict(self) -> dict:
+        """Weights, readout and freezing state, for fit()'s checkpoints."""
+        return {"weight": self.weights.detach().clone(), "frozen": self.frozen, "readout": self.readout.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores the weights and the readout's counter, and re-applies the official-code freezing if it was on."""
+        weight = state["weight"].to(self.train.device)
+        if weight.shape != (self.train.n,):
+            raise ValueError(f"state weight has shape {tuple(weight.shape)}, the training set has {self.train.n} rows")
+        self.train.tensors["weight"] = weight
+        self.readout.load_state_dict(state["readout"])
+        if state["frozen"] and not self.frozen:
+            self._freeze()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Baselines: JTT, Group DRO, a SimKD-style student
+# ---------------------------------------------------------------------------------------------------------------
+def jtt_error_set(model: nn.Module, batches: Batches) -> torch.Tensor:
+    """JTT's first stage: the training examples an ERM model gets wrong (Liu et al. 2021).
+
+    Args:
+        model: the identification model (ERM, usually trained for only a few epochs).
+        batches: the labelled training Batches.
+
+    Returns:
+        (N,) bool mask of misclassified examples, in dataset order.
+    """
+    if "y" not in batches.tensors:
+        raise ValueError("batches must carry labels 'y'")
+    logits = predict(model, batches)
+    return logits.argmax(dim=1) != batches.tensors["y"].to(logits.device)
+
+
+def jtt_weights(errors: torch.Tensor, *, upweight: float) -> torch.Tensor:
+    """JTT's second stage: weight upweight on the error set, 1 elsewhere.
+
+    Args:
+        errors: (N,) bool mask from jtt_error_set.
+        upweight: the factor (lambda_up in the paper, e.g. 20 to 100), >= 1.
+
+    Returns:
+        (N,) float32 weights.
+
+    Raises:
+        ValueError: when the error set is empty. Then JTT is ERM again, and saying so is better than returning
+            all-ones weights: train the identification model for fewer epochs or with more regularisation.
+    """
+    if not isinstance(errors, torch.Tensor) or errors.dtype != torch.bool or errors.dim() != 1:
+        raise ValueError(f"errors must be a 1-D bool tensor, got {getattr(errors, 'dtype', type(errors).__name__)}")
+    if not isinstance(upweight, (int, float)) or not math.isfinite(upweight) or upweight < 1:
+        raise ValueError(f"upweight must be a finite number >= 1, got {upweight!r}")
+    if not bool(errors.any()):
+        raise ValueError(
+            f"JTT: the error set is empty (the identification model classifies all {len(errors)} training examples "
+            "correctly), so upweighting it would change nothing. Train the identification model for fewer epochs "
+            "or with more regularisation."
+        )
+    return torch.where(errors, torch.full_like(errors, upweight, dtype=torch.float32), torch.ones_like(errors, dtype=torch.float32))
+
+
+class GroupDROLoss:
+    """Online Group DRO (Sagawa et al. 2020): minimise a weighted sum of group losses, weights chasing the worst.
+
+    Each step: the mean cross-entropy of each group present in the batch; then an exponentiated-gradient step on
+    the group weights q <- q * exp(step_size * loss_g), renormalised; the loss is sum_g q_g * loss_g. Needs the
+    group label of every training example (batch["group"]): an advantage over ERM, KD, JTT and DeDiER, which
+    never see group labels in training.
+
+    Args:
+        num_groups: number of groups.
+        step_size: the exponentiated-gradient step size (eta_q; Sagawa et al. used 0.01).
+    """
+
+    def __init__(self, num_groups: int, *, step_size: float = 0.01) -> None:
+        if not isinstance(num_groups, int) or num_groups < 1:
+            raise ValueError(f"num_groups must be an int >= 1, got {num_groups!r}")
+        if not isinstance(step_size, (int, float)) or not step_size > 0 or not math.isfinite(step_size):
+            raise ValueError(f"step_size must be a finite number > 0, got {step_size!r}")
+        self.num_groups = num_groups
+        self.step_size = float(step_size)
+        self.group_weights = torch.full((num_groups,), 1.0 / num_groups)
+
+    def group_losses(self, outputs: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean cross-entropy per group (0 for absent groups) and the group counts of the batch."""
+        if "group" not in batch:
+            raise ValueError("GroupDROLoss needs group labels: the batch has no 'group' tensor")
+        per_example = F.cross_entropy(outputs.float(), batch["y"], reduction="none")
+        group = batch["group"].long()
+        sums = torch.zeros(self.num_groups, device=outputs.device).index_add(0, group, per_example)
+        counts = torch.bincount(group, minlength=self.num_groups).float()
+        return sums / counts.clamp(min=1), counts
+
+    def __call__(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        losses, _ = self.group_losses(outputs, batch)
+        q = self.group_weights.to(outputs.device)
+        with torch.no_grad():
+            q = q * torch.exp(self.step_size * losses.detach())
+            q = q / q.sum()
+        self.group_weights = q
+        return (q * losses).sum()
+
+    def state_dict(self) -> dict:
+        """The group weights (checkpointed by fit())."""
+        return {"group_weights": self.group_weights.detach().clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores the group weights."""
+        self.group_weights = state["group_weights"].clone()
+
+
+def _pooled(features: torch.Tensor) -> torch.Tensor:
+    return features.mean(dim=(2, 3)) if features.dim() == 4 else features
+
+
+class SimKDStudent(nn.Module):
+    """A SimKD-style student (Chen et al. 2022): its last features, projected to the teacher's width and read by
+    the teacher's own frozen classifier head.
+
+    Trained with SimKDLoss (squared distance between the projected student features and the teacher's features);
+    the logits always come from the teacher's head, which never changes.
+
+    Args:
+        student: a backbone with stage_names and features().
+        teacher_head: the teacher's nn.Linear classifier (copied and frozen here).
+        hidden: width of the projector's hidden layer (None: a single linear projection).
+    """
+
+    def __init__(self, student: nn.Module, teacher_head: nn.Linear, *, hidden: int | None = None) -> None:
+        super().__init__()
+        if not isinstance(teacher_head, nn.Linear):
+            raise ValueError(f"teacher_head must be an nn.Linear, got {type(teacher_head).__name__}")
+        self.student = student
+        self.stage_names = tuple(student.stage_names)
+        student_dim = int(getattr(student, "feature_dim", 0) or student.classifier.in_features)
+        teacher_dim = teacher_head.in_features
+        if hidden is None:
+            self.projector: nn.Module = nn.Linear(student_dim, teacher_dim)
+        else:
+            self.projector = nn.Sequential(nn.Linear(student_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, teacher_dim))
+        self.teacher_head = nn.Linear(teacher_dim, teacher_head.out_features)
+        self.teacher_head.load_state_dict(teacher_head.state_dict())
+        self.teacher_head.requires_grad_(False)
+        self.projected: torch.Tensor | None = None  # the last forward's projected features, read by SimKDLoss
+
+    def features(self, x: torch.Tensor, *, upto: str | None = None) -> dict[str, torch.Tensor]:
+        """The backbone's features (so an early readout can sit on a SimKD-style student too)."""
+        return self.student.features(x, upto=upto)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits from the teacher's head on the projected student features."""
+        last = self.student.features(x)[self.stage_names[-1]]
+        self.projected = self.projector(_pooled(last))
+        return self.teacher_head(self.projected)
+
+
+class SimKDLoss:
+    """SimKD's loss: mean squared distance between a SimKDStudent's projected features and the teacher's features.
+
+    Reads batch["teacher_features"] (see teacher_features) and the features the model stored in its last forward.
+    Uses batch["weight"] when present.
+
+    Args:
+        model: the SimKDStudent being trained.
+    """
+
+    def __init__(self, model: SimKDStudent) -> None:
+        self.model = model
+
+    def __call__(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:  # noqa: ARG002 - logits unused
+        if "teacher_features" not in batch:
+            raise ValueError("SimKDLoss needs batch['teacher_features'] (cache them with kdteach.debias.teacher_features)")
+        projected = self.model.projected
+        if projected is None:
+            raise RuntimeError("SimKDLoss: the model has not run a forward pass")
+        per_example = (projected.float() - batch["teacher_features"].float()).pow(2).sum(dim=1)
+        if "weight" in batch:
+            per_example = per_example * batch["weight"]
+        return per_example.mean()
+
+
+@torch.no_grad()
+def teacher_features(teacher: nn.Module, batches: Batches) -> torch.Tensor:
+    """The teacher's last-stage (pooled) features on every row of batches, in dataset order (for SimKD).
+
+    Args:
+        teacher: a model with stage_names and features(); run in eval mode, its flags restored after.
+        batches: un-augmented Batches (cached features must describe the inputs the student sees).
+
+    Returns:
+        (N, feature_dim) float32 features.
+    """
+    if batches.augment is not None:
+        raise ValueError("teacher_features: the batches are augmented, so cached features would not match the inputs")
+    ordered = Batches(batches.tensors, batches.batch_size, transform=batches.transform)
+    last = teacher.stage_names[-1]
+    with student_left_as_is(teacher):
+        chunks = []
+        for batch in ordered:
+            with autocast_context(batch["x"].device):
+                chunks.append(_pooled(teacher.features(batch["x"])[last]).float())
+    return torch.cat(chunks)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Diagnostics: does "confidently wrong early" find the minority groups?
+# ---------------------------------------------------------------------------------------------------------------
+def readout_by_group(readout_logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, num_groups: int) -> list[dict[str, float]]:
+    """The readout's accuracy and confidence margins in each group.
+
+    Args:
+        readout_logits: (N, C) readout logits.
+        labels: (N,) true classes.
+        groups: (N,) group ids in [0, num_groups).
+        num_groups: number of groups.
+
+    Returns:
+        One dict per group: group, n, accuracy, mean_margin, mean_margin_wrong (margin where the readout is wrong;
+        NaN if it never is).
+    """
+    _check_logits("readout_logits", readout_logits)
+    _check_labels(labels, readout_logits.shape[0], readout_logits.shape[1])
+    _check_labels_named("groups", groups, readout_logits.shape[0], num_groups)
+    margin = confidence_margin(readout_logits).cpu()
+    wrong = (readout_logits.argmax(dim=1) != labels.to(readout_logits.device)).cpu()
+    groups = groups.cpu()
+    rows = []
+    for g in range(num_groups):
+        member = groups == g
+        n = int(member.sum())
+        wrong_g = wrong & member
+        rows.append(
+            {
+                "group": g,
+                "n": n,
+                "accuracy": 1.0 - float(wrong_g.sum()) / n if n else math.nan,
+                "mean_margin": float(margin[member].mean()) if n else math.nan,
+                "mean_margin_wrong": float(margin[wrong_g].mean()) if bool(wrong_g.any()) else math.nan,
+            }
+        )
+    return rows
+
+
+def _check_labels_named(name: str, values: torch.Tensor, n: int, high: int) -> None:
+    try:
+        _check_labels(values, n, high)
+    except ValueError as error:
+        raise ValueError(str(error).replace("labels", name, 1)) from None
+
+
+def confident_error_retrieval(readout_logits: torch.Tensor, labels: torch.Tensor, minority: torch.Tensor, *, margin: float) -> dict[str, float]:
+    """How well "readout wrong with margin >= m" picks out minority-group examples.
+
+    Args:
+        readout_logits: (N, C) readout logits.
+        labels: (N,) true classes.
+        minority: (N,) bool, True for examples of the minority (bias-conflicting) groups.
+        margin: the margin threshold m in [0, 1].
+
+    Returns:
+        {"margin", "flagged" (count), "precision" (share of flagged that are minority; NaN if none flagged),
+        "recall" (share of minority that are flagged), "base_rate" (share of minority overall: the precision of
+        flagging at random), "lift" (precision / base_rate)}.
+    """
+    _check_logits("readout_logits", readout_logits)
+    _check_labels(labels, readout_logits.shape[0], readout_logits.shape[1])
+    if not isinstance(minority, torch.Tensor) or minority.dtype != torch.bool or minority.shape != labels.shape:
+        raise ValueError(f"minority must be a bool tensor of shape {tuple(labels.shape)}")
+    if not 0.0 <= margin <= 1.0:
+        raise ValueError(f"margin must be in [0, 1], got {margin!r}")
+    wrong = (readout_logits.argmax(dim=1) != labels.to(readout_logits.device)).cpu()
+    flagged = wrong & (confidence_margin(readout_logits).cpu() >= margin)
+    minority = minority.cpu()
+    hits = int((flagged & minority).sum())
+    n_flagged, n_minority = int(flagged.sum()), int(minority.sum())
+    base_rate = n_minority / len(minority) if len(minority) else math.nan
+    precision = hits / n_flagged if n_flagged else math.nan
+    return {
+        "margin": float(margin),
+        "flagged": float(n_flagged),
+        "precision": precision,
+        "recall": hits / n_minority if n_minority else math.nan,
+        "base_rate": base_rate,
+        "lift": precision / base_rate if n_flagged and base_rate > 0 else math.nan,
+    }
+
+
+def weights_by_group(weights: torch.Tensor, groups: torch.Tensor, num_groups: int) -> list[dict[str, float]]:
+    """The instance weights each group receives: mean weight, share upweighted, and share of the total weight.
+
+    Args:
+        weights: (N,) instance weights.
+        groups: (N,) group ids.
+        num_groups: number of groups.
+
+    Returns:
+        One dict per group: group, n, mean_weight, upweighted (share with weight > 1), weight_share (the group's
+        share of the summed weight: how much of the loss it carries).
+    """
+    if not isinstance(weights, torch.Tensor) or weights.dim() != 1:
+        raise ValueError("weights must be a 1-D tensor")
+    _check_labels_named("groups", groups, len(weights), num_groups)
+    weights, groups = weights.float().cpu(), groups.cpu()
+    total = float(weights.sum())
+    rows = []
+    for g in range(num_groups):
+        w = weights[groups == g]
+        rows.append(
+            {
+                "group": g,
+                "n": len(w),
+                "mean_weight": float(w.mean()) if len(w) else math.nan,
+                "upweighted": float((w > 1).float().mean()) if len(w) else math.nan,
+                "weight_share": float(w.sum()) / total if total > 0 else math.nan,
+            }
+        )
+    return rows
