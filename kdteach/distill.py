@@ -254,3 +254,51 @@ class KDLoss:
             soft_weight=self.soft_weight,
             weights=batch.get("weight"),
         )
+
+
+def soft_target_gradient(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The closed-form gradient of the T^2-scaled soft term with respect to the student's logits: T (q - p).
+
+    Hinton et al., eq. 2: dC/dz_i = (1/T)(q_i - p_i) for the unscaled cross-entropy; times T^2 this is T (q_i - p_i).
+
+    Args:
+        student_logits: (N, C) logits z.
+        teacher_logits: (N, C) logits v.
+        temperature: T > 0.
+
+    Returns:
+        (N, C) gradient per example (before averaging over the batch).
+    """
+    return temperature * (softmax_t(student_logits, temperature) - softmax_t(teacher_logits, temperature))
+
+
+def logit_matching_gap(temperatures: list[float], *, num_classes: int = 10, n: int = 10_000, logit_std: float = 3.0, seed: int = 0) -> list[dict[str, float]]:
+    """How close distillation is to logit matching at each temperature.
+
+    For zero-mean random logits z (student) and v (teacher), compares the soft-target gradient T (q - p) with its
+    high-temperature limit (z - v) / N, and reports the mean relative gap ||T(q - p) - (z - v)/N|| / ||(z - v)/N||.
+    Expanding the softmax in 1/T, T (q - p) = (z - v)/N + O(1/T) (the next term is (z^2 - v^2 - their means)/(2NT)),
+    so the relative gap falls like 1/T: at high temperature, distillation is matching logits (Bucila et al. 2006).
+
+    Args:
+        temperatures: values of T to tabulate.
+        num_classes: N.
+        n: random logit pairs per temperature.
+        logit_std: standard deviation of the random logits (the gap at low T depends on it).
+        seed: seed of the logits (the table is deterministic).
+
+    Returns:
+        One row per temperature: {"T", "relative gap"}.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, num_classes, generator=generator, dtype=torch.float64) * logit_std
+    v = torch.randn(n, num_classes, generator=generator, dtype=torch.float64) * logit_std
+    z, v = z - z.mean(1, keepdim=True), v - v.mean(1, keepdim=True)
+    limit = (z - v) / num_classes
+    rows = []
+    for t in temperatures:
+        _check_temperature(t)
+        exact = t * (torch.softmax(z / t, 1) - torch.softmax(v / t, 1))
+        gap = ((exact - limit).norm(dim=1) / limit.norm(dim=1)).mean().item()
+        rows.append({"T": float(t), "relative gap": round(gap, 4)})
+    return rows

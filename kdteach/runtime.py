@@ -99,18 +99,20 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
-def setup(seed: int = 0, *, verbose: bool = True) -> torch.device:
+def setup(seed: int = 0, *, verbose: bool = True, run_mode: str | None = None) -> torch.device:
     """The first call of every notebook: seeds everything, picks the device and says what the run uses.
 
     Args:
         seed: seeds Python, NumPy and torch.
         verbose: print the device, the mode and the data folder.
+        run_mode: the mode to report when a caller chose one explicitly (the CLI's --mode); default mode().
 
     Returns:
         The device to train on.
     """
     seed_everything(seed)
     device = pick_device()
+    run_mode = run_mode or mode()
     if device.type == "cuda":
         # TF32 matmuls: free speed on Ampere and later, accuracy is unaffected at the course's scale.
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -118,10 +120,10 @@ def setup(seed: int = 0, *, verbose: bool = True) -> torch.device:
         torch.backends.cudnn.benchmark = True
     if verbose:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-        print(f"kdteach: device {name} | mode {mode()} | seed {seed}")
+        print(f"kdteach: device {name} | mode {run_mode} | seed {seed}")
         searched = ", ".join(str(p) for p in data_search_path()) or f"{data_dir()} (not there yet)"
         print(f"kdteach: real data read from {searched}; cache in {cache_dir()}")
-        if SMOKE:
+        if run_mode == "smoke":
             print("kdteach: smoke mode (KDTEACH_SMOKE=1): small data and few epochs; numbers are not results.")
         if device.type == "cpu" and in_colab():
             print("kdteach: no GPU. On Colab: Runtime > Change runtime type > T4 GPU, then rerun this cell.")

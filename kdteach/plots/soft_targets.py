@@ -1,2 +1,89 @@
-"""(in progress)"""
-__all__: list[str] = []
+"""Figures of notebook 01: soft targets at several temperatures, learning curves, the temperature sweep."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.figure import Figure
+
+from kdteach.distill import softmax_t
+
+__all__ = ["plot_soft_targets", "plot_learning_curves", "plot_temperature_sweep"]
+
+
+def plot_soft_targets(image: torch.Tensor, logits: torch.Tensor, temperature: float, *, label: int | None = None) -> Figure:
+    """One digit and the teacher's probabilities for it at temperature T, on a linear and a log scale.
+
+    The log scale shows the "dark knowledge": at T = 1 the wrong classes get probabilities like 1e-6 that a
+    cross-entropy barely feels; raising T lifts them into view, and their ranking says which digits look alike.
+
+    Args:
+        image: (1, 28, 28) or (28, 28) image.
+        logits: (C,) teacher logits for it.
+        temperature: T > 0.
+        label: the true class, marked in the title.
+
+    Returns:
+        The figure.
+    """
+    if logits.dim() != 1:
+        raise ValueError(f"logits must have shape (classes,), got {tuple(logits.shape)}")
+    probs = softmax_t(logits.detach().cpu()[None], temperature)[0].numpy()
+    fig, (ax_img, ax_lin, ax_log) = plt.subplots(1, 3, figsize=(10, 2.8), gridspec_kw={"width_ratios": [1, 2, 2]})
+    ax_img.imshow(image.detach().cpu().reshape(28, 28), cmap="gray")
+    ax_img.set_axis_off()
+    ax_img.set_title(f"label {label}" if label is not None else "input")
+    classes = range(len(probs))
+    for ax, log in ((ax_lin, False), (ax_log, True)):
+        ax.bar(classes, probs, color="tab:blue")
+        ax.set_xticks(list(classes))
+        ax.set_xlabel("class")
+        if log:
+            ax.set_yscale("log")
+            ax.set_ylim(max(probs.min() * 0.5, 1e-12), 1.5)
+        else:
+            ax.set_ylim(0, 1)
+    ax_lin.set_title(f"softmax(z / T), T = {temperature:g}")
+    ax_log.set_title("same, log scale")
+    fig.tight_layout()
+    return fig
+
+
+def plot_learning_curves(curves: Mapping[str, Sequence[float]], *, title: str = "", ylabel: str = "test accuracy") -> Figure:
+    """One line per named curve over epochs.
+
+    Args:
+        curves: name -> value per epoch.
+        title: figure title.
+        ylabel: y-axis label.
+
+    Returns:
+        The figure.
+    """
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, values in curves.items():
+        ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_temperature_sweep(rows: Sequence[Mapping[str, float]]) -> Figure:
+    """Test errors against temperature, one line per student width (rows from hinton.temperature_sweep)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for row in rows:
+        temps = [float(k[2:]) for k in row if k.startswith("T=")]
+        errors = [row[f"T={t:g}"] for t in temps]
+        ax.plot(temps, errors, marker="o", label=f"{row['hidden units']} units per layer")
+    ax.set_xscale("log")
+    ax.set_xlabel("temperature T")
+    ax.set_ylabel("test errors")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,140 @@
+"""fit(): resume equals an uninterrupted run, atomic checkpoints, clear errors, model selection."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import kdteach as kd
+from kdteach.train import fit, load_checkpoint
+
+
+def toy_data(n=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, 6, 6, generator=g)
+    y = (x.mean(dim=(1, 2, 3)) > 0).long() + (x[:, 0, 0, 0] > 1).long()
+    return x, y
+
+
+def make_model(seed=0):
+    torch.manual_seed(seed)
+    return kd.models.MLP((36, 16, 3), dropout=0.3, max_norm=1.0)
+
+
+def train(epochs, checkpoint=None, resume=False, stop_after=None):
+    x, y = toy_data()
+    model = make_model()
+    batches = kd.data.Batches({"x": x, "y": y}, 16, shuffle=True, seed=3, augment=kd.data.translate_by(1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=4 * len(batches))
+
+    def crash(epoch, _model):
+        if stop_after is not None and epoch == stop_after:
+            raise KeyboardInterrupt  # a killed run: the checkpoint of this epoch has not been written yet
+
+    history = fit(model, batches, epochs=epochs, optimizer=opt, scheduler=sched, checkpoint=checkpoint, resume=resume,
+                  on_epoch_end=crash, progress=False)
+    return model, history
+
+
+def test_resume_ends_with_the_weights_of_an_uninterrupted_run(tmp_path):
+    reference, ref_history = train(4)
+    ckpt = tmp_path / "run.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train(4, checkpoint=ckpt, stop_after=2)
+    assert load_checkpoint(ckpt)["epoch"] == 1  # epochs 0 and 1 finished before the crash
+    resumed, history = train(4, checkpoint=ckpt, resume=True)
+    for (k, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=f"{k} differs after resume")
+    assert [r["train_loss"] for r in history.epochs] == pytest.approx([r["train_loss"] for r in ref_history.epochs])
+    assert not list(tmp_path.glob("*.tmp")), "a temporary checkpoint file was left behind"
+
+
+def test_finished_run_returns_at_once_from_its_checkpoint(tmp_path):
+    ckpt = tmp_path / "run.pt"
+    first, _ = train(2, checkpoint=ckpt)
+    again, history = train(2, checkpoint=ckpt, resume=True)
+    assert len(history.epochs) == 2
+    for a, b in zip(first.state_dict().values(), again.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path):
+    ckpt = tmp_path / "run.pt"
+    train(1, checkpoint=ckpt)
+    torch.load(ckpt, weights_only=True)  # raises if anything but tensors and plain containers was pickled
+
+
+def test_max_norm_constraint_holds_after_training():
+    model, _ = train(1)
+    for layer in model.hidden:
+        assert float(layer.weight.detach().norm(dim=1).max()) <= 1.0 + 1e-5
+
+
+def test_nan_loss_raises_a_clear_error():
+    x, y = toy_data()
+    model = make_model()
+
+    def nan_loss(outputs, batch):
+        return outputs.sum() * float("nan")
+
+    with pytest.raises(FloatingPointError, match="loss became nan in epoch 1"):
+        fit(model, kd.data.Batches({"x": x, "y": y}, 32), epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            loss_fn=nan_loss, progress=False)
+
+
+def test_labels_out_of_range_raise_value_error():
+    x, y = toy_data()
+    model = make_model()
+    with pytest.raises(ValueError, match=r"labels .* must be in \[0, 3\)"):
+        fit(model, kd.data.Batches({"x": x, "y": y + 1}, 32), epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            progress=False)
+
+
+def test_select_keeps_the_best_epoch_and_says_so():
+    x, y = toy_data()
+    model = make_model()
+    scores = iter([0.2, 0.9, 0.1])
+    snapshots = []
+
+    def metric(m):
+        snapshots.append({k: v.clone() for k, v in m.state_dict().items()})
+        return {"val_score": next(scores)}
+
+    history = fit(model, kd.data.Batches({"x": x, "y": y}, 32, shuffle=True), epochs=3,
+                  optimizer=torch.optim.SGD(model.parameters(), lr=0.5), metrics=metric, select="val_score", progress=False)
+    assert history.best_epoch == 1 and history.selected_by == "val_score"
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, snapshots[1][k])
+
+
+def test_evaluate_and_predict_agree():
+    x, y = toy_data()
+    model = make_model().eval()
+    batches = kd.data.Batches({"x": x, "y": y}, 10, shuffle=True)
+    logits = kd.train.predict(model, batches)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(x))
+    result = kd.train.evaluate(model, batches)
+    assert result["errors"] == float((model(x).argmax(1) != y).sum())
+    assert result["accuracy"] == pytest.approx(1 - result["errors"] / len(y))
+
+
+def test_bad_arguments():
+    x, y = toy_data()
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="epochs"):
+        fit(model, kd.data.Batches({"x": x, "y": y}, 32), epochs=0, optimizer=opt, progress=False)
+    with pytest.raises(ValueError, match="resume=True needs a checkpoint"):
+        fit(model, kd.data.Batches({"x": x, "y": y}, 32), epochs=1, optimizer=opt, resume=True, progress=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_amp_channels_last_fit_runs():
+    x = torch.randn(256, 3, 16, 16)
+    y = (x.mean(dim=(1, 2, 3)) > 0).long()
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    history = fit(model, kd.data.Batches({"x": x, "y": y}, 64, shuffle=True).to("cuda"), epochs=3, device="cuda",
+                  optimizer=torch.optim.SGD(model.parameters(), lr=0.1), channels_last=True, progress=False)
+    assert math.isfinite(history.last["train_loss"])
