@@ -1,0 +1,632 @@
+"""Notebook 03's experiments: early readouts and DeDiER (Tiwari et al., WACV 2024) against five baselines.
+
+- prepare(): one dataset's splits, its teacher (trained once and cached) and the teacher's cached logits;
+- train_student(): one student by one method: ERM, KD, JTT, Group DRO, SimKD-style or DeDiER, selected on
+  VALIDATION worst-group (or mean-group) accuracy, never on test, and scored on test;
+- readout_diagnostics(): how well "the early readout is confidently wrong" finds the minority groups;
+- compare(), sweep(), stage_ablation(), official_defects(): the tables, one row per (setting, seed);
+- summarize() and conclusions(): mean +- std over seeds, and sentences computed from those numbers;
+- run(): everything, headless (`python -m kdteach dedier --mode smoke|full --out DIR`).
+
+DeDiER is implemented as the paper describes it (kdteach.debias); official_defects() switches on what the official
+code does differently (sticky weights, freezing the shared early modules, BatchNorm drift in the readout epoch).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from kdteach import runtime
+from kdteach.data.batches import Batches
+from kdteach.data.grouped import GroupedData, celeba, colored_digits, waterbirds, waterbirds_like
+from kdteach.debias import (
+    DeDiERReweighting,
+    EarlyReadout,
+    GroupDROLoss,
+    SimKDLoss,
+    SimKDStudent,
+    confident_error_retrieval,
+    dedier_weights,
+    jtt_error_set,
+    jtt_weights,
+    readout_by_group,
+    teacher_features,
+    weights_by_group,
+)
+from kdteach.distill import KDLoss, cache_teacher_logits
+from kdteach.experiments.report import mean_std, markdown_table, write_report
+from kdteach.groups import group_metrics
+from kdteach.models.resnet import resnet18, resnet50, resnet_cifar
+from kdteach.train import History, cross_entropy_loss, fit, load_checkpoint, predict, save_atomic
+
+METHODS = ("ERM", "KD", "JTT", "Group DRO", "SimKD-style", "DeDiER")
+DATASETS = ("waterbirds_like", "colored_digits")
+# Variants of DeDiER for official_defects(): name -> (sticky weights, freeze shared modules, BatchNorm drift).
+DEFECTS = {
+    "as in the paper": (False, False, False),
+    "sticky weights": (True, False, False),
+    "freeze stem+layer1": (False, True, False),
+    "official code (all three)": (True, True, True),
+}
+WORST, AVERAGE = "worst-group", "average (train-weighted)"
+
+
+@dataclass(frozen=True)
+class DeDiERConfig:
+    """Sizes, schedules and hyperparameters of notebook 03. config() picks the smoke or the full one.
+
+    Attributes:
+        waterbirds_sizes, digits_sizes: (train, val, test) sizes; None is the whole split.
+        image_size: side of waterbirds_like's images.
+        teacher_depth, teacher_width, student_depth, student_width: CIFAR ResNets (depth 6n + 2).
+        teacher_epochs, teacher_lr: the teacher, trained with Group DRO as in the paper (debiased teacher).
+        epochs, batch_size, lr, weight_decay: every student (AdamW).
+        temperature, soft_weight: KD and DeDiER's loss (the paper: T = 3, pure soft targets).
+        readout_stage, readout_head, readout_epochs, readout_lr: the early readout (the paper: layer1, a conv head,
+            one epoch after every student epoch).
+        alpha, beta: DeDiER's weights exp(beta * margin**alpha) on readout errors (the code's Waterbirds defaults).
+        jtt_epochs, jtt_upweight: JTT's identification epochs and upweight factor.
+        dro_step_size: Group DRO's exponentiated-gradient step size.
+        select: "val_worst_group" or "val_mean_group": the validation metric that picks each run's epoch.
+        seeds: student seeds of every table.
+        sweep_settings: (alpha, beta) pairs of the sweep.
+        stages: readout stages of the ablation.
+        margins: margin thresholds of the precision / recall table.
+    """
+
+    waterbirds_sizes: tuple[int | None, int | None, int | None] = (None, None, None)
+    digits_sizes: tuple[int | None, int | None, int | None] = (12000, 2000, 5000)
+    image_size: int = 32
+    teacher_depth: int = 20
+    teacher_width: int = 32
+    teacher_epochs: int = 30
+    teacher_lr: float = 1e-3
+    student_depth: int = 8
+    student_width: int = 16
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    temperature: float = 3.0
+    soft_weight: float = 1.0
+    readout_stage: str = "layer1"
+    readout_head: str = "conv"
+    readout_epochs: int = 1
+    readout_lr: float = 1e-3
+    alpha: float = 0.05
+    beta: float = 4.0
+    jtt_epochs: int = 2
+    jtt_upweight: float = 20.0
+    dro_step_size: float = 0.01
+    select: str = "val_worst_group"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    sweep_settings: tuple[tuple[float, float], ...] = ((0.05, 1.0), (0.05, 2.0), (0.05, 4.0), (1.0, 2.0), (1.0, 4.0))
+    stages: tuple[str, ...] = ("layer1", "layer2", "layer3")
+    margins: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
+
+    def key(self) -> str:
+        """A short hash of the configuration, used in cache file names."""
+        return hashlib.sha1(repr(dataclasses.astuple(self)).encode()).hexdigest()[:10]
+
+
+SMOKE_CONFIG = DeDiERConfig(
+    waterbirds_sizes=(600, 300, 400), digits_sizes=(600, 300, 400), image_size=16,
+    teacher_depth=8, teacher_width=16, teacher_epochs=4, student_depth=8, student_width=8, epochs=3,
+    readout_lr=1e-2, lr=3e-3, jtt_epochs=1, dro_step_size=0.05, seeds=(0,), sweep_settings=((0.05, 2.0), (1.0, 4.0)),
+    margins=(0.0, 0.5),
+)
+
+
+def config(mode: str | None = None) -> DeDiERConfig:
+    """The configuration of a mode: "smoke", "full", or None for the mode set by KDTEACH_SMOKE."""
+    mode = mode or runtime.mode()
+    if mode not in ("smoke", "full"):
+        raise ValueError(f"mode must be 'smoke' or 'full', got {mode!r}")
+    return SMOKE_CONFIG if mode == "smoke" else DeDiERConfig()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data and teacher
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class Prepared:
+    """One dataset, ready for the students: splits, the frozen teacher and its cached outputs on the training set.
+
+    Attributes:
+        name: the dataset's name.
+        train, val, test: the splits.
+        teacher: the teacher (eval mode).
+        teacher_logits: (N_train, C) teacher logits.
+        teacher_features: (N_train, D) teacher pooled features (for the SimKD-style student).
+        teacher_row: the teacher's test group metrics.
+        device: where everything lives.
+    """
+
+    name: str
+    train: GroupedData
+    val: GroupedData
+    test: GroupedData
+    teacher: nn.Module
+    teacher_logits: torch.Tensor
+    teacher_features: torch.Tensor
+    teacher_row: dict[str, float]
+    device: torch.device
+
+    @property
+    def minority(self) -> torch.Tensor:
+        """(N_train,) bool: the bias-conflicting examples, whose spurious attribute disagrees with the label."""
+        return self.train.spurious != self.train.labels
+
+
+def load_splits(dataset: str, cfg: DeDiERConfig, *, root: str | Path | None = None) -> tuple[GroupedData, GroupedData, GroupedData]:
+    """The train / val / test splits of a dataset at the configuration's sizes.
+
+    Args:
+        dataset: "waterbirds_like", "colored_digits", or the real "waterbirds" / "celeba" (from root or the data folders).
+        cfg: the configuration.
+        root: folder of a real dataset.
+
+    Returns:
+        (train, val, test).
+    """
+    if dataset == "waterbirds_like":
+        return tuple(waterbirds_like(split, n, image_size=cfg.image_size) for split, n in zip(("train", "val", "test"), cfg.waterbirds_sizes))
+    if dataset == "colored_digits":
+        return tuple(colored_digits(split, n) for split, n in zip(("train", "val", "test"), cfg.digits_sizes))
+    if dataset == "waterbirds":
+        return tuple(waterbirds(root, split, n=n) for split, n in zip(("train", "val", "test"), cfg.waterbirds_sizes))
+    if dataset == "celeba":
+        return tuple(celeba(root, split, n=n) for split, n in zip(("train", "val", "test"), cfg.digits_sizes))
+    raise ValueError(f"dataset must be one of {DATASETS + ('waterbirds', 'celeba')}, got {dataset!r}")
+
+
+def _real(dataset: str) -> bool:
+    return dataset in ("waterbirds", "celeba")
+
+
+def teacher_model(dataset: str, cfg: DeDiERConfig, num_classes: int, in_channels: int) -> nn.Module:
+    """The teacher: a CIFAR ResNet for the stand-ins, ImageNet-pretrained ResNet-50 for real data (as in the paper)."""
+    if _real(dataset):
+        return resnet50(num_classes, weights="IMAGENET1K_V1")
+    return resnet_cifar(cfg.teacher_depth, cfg.teacher_width, num_classes, in_channels)
+
+
+def student_model(dataset: str, cfg: DeDiERConfig, num_classes: int, in_channels: int) -> nn.Module:
+    """The student: a smaller CIFAR ResNet for the stand-ins, ImageNet-pretrained ResNet-18 for real data."""
+    if _real(dataset):
+        return resnet18(num_classes, weights="IMAGENET1K_V1")
+    return resnet_cifar(cfg.student_depth, cfg.student_width, num_classes, in_channels)
+
+
+def group_scores(model: nn.Module, data: GroupedData, *, train_counts: np.ndarray | None = None, batch_size: int = 512) -> dict[str, float]:
+    """Group metrics of a model on a split (worst-group, the average conventions, each group).
+
+    Args:
+        model: the classifier.
+        data: the split.
+        train_counts: training group counts for the train-weighted average.
+        batch_size: rows per forward pass.
+
+    Returns:
+        kdteach.groups.group_metrics' dict.
+    """
+    device = next(model.parameters()).device
+    logits = predict(model, data.batches(batch_size, device=device))
+    return group_metrics(logits, data.labels, data.groups, data.num_groups, train_group_counts=train_counts, group_names=data.group_names)
+
+
+def _val_metrics(val: GroupedData, device: torch.device, batch_size: int):
+    batches = val.batches(batch_size, device=device)
+
+    def metrics(model: nn.Module) -> dict[str, float]:
+        scores = group_metrics(predict(model, batches), val.labels, val.groups, val.num_groups)
+        return {"val_worst_group": scores["worst-group"], "val_mean_group": scores["average (uniform)"]}
+
+    return metrics
+
+
+def _optimizer(model: nn.Module, cfg: DeDiERConfig, lr: float | None = None) -> torch.optim.Optimizer:
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr or cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def train_teacher(dataset: str, cfg: DeDiERConfig, train: GroupedData, val: GroupedData, device: torch.device, *, progress: bool = True) -> nn.Module:
+    """Trains (or reloads from the cache) the teacher with Group DRO, selected on validation worst-group accuracy.
+
+    The paper distils from Group DRO teachers: debiased teachers, so that what the student loses is the student's
+    own doing.
+
+    Args:
+        dataset: the dataset's name (part of the cache key).
+        cfg: the configuration.
+        train, val: the splits.
+        device: where to train.
+        progress: show progress bars.
+
+    Returns:
+        The teacher in eval mode.
+    """
+    torch.manual_seed(0)
+    model = teacher_model(dataset, cfg, train.num_classes, train.images.shape[1]).to(device)
+    path = runtime.cache_dir() / "dedier" / f"teacher-{dataset}-{cfg.key()}-n{len(train)}.pt"
+    if path.exists():
+        model.load_state_dict(load_checkpoint(path, map_location=device))
+        return model.eval()
+    batches = train.batches(cfg.batch_size, device=device, shuffle=True, seed=0)
+    fit(model, batches, epochs=cfg.teacher_epochs, optimizer=_optimizer(model, cfg, cfg.teacher_lr),
+        loss_fn=GroupDROLoss(train.num_groups, step_size=cfg.dro_step_size), metrics=_val_metrics(val, device, 512),
+        select=cfg.select, progress=progress, desc=f"teacher ({dataset})")
+    save_atomic(model.state_dict(), path)
+    return model.eval()
+
+
+def prepare(dataset: str, cfg: DeDiERConfig, device: torch.device | str, *, root: str | Path | None = None, progress: bool = True) -> Prepared:
+    """Loads a dataset, trains or reloads its teacher, and caches the teacher's logits and features on train.
+
+    Args:
+        dataset: see load_splits.
+        cfg: the configuration.
+        device: where the data and models live.
+        root: folder of a real dataset.
+        progress: show progress bars.
+
+    Returns:
+        Prepared.
+    """
+    device = torch.device(device)
+    train, val, test = load_splits(dataset, cfg, root=root)
+    teacher = train_teacher(dataset, cfg, train, val, device, progress=progress)
+    ordered = train.batches(512, device=device)
+    return Prepared(
+        name=dataset, train=train, val=val, test=test, teacher=teacher,
+        teacher_logits=cache_teacher_logits(teacher, ordered),
+        teacher_features=teacher_features(teacher, ordered),
+        teacher_row=group_scores(teacher, test, train_counts=train.group_counts()),
+        device=device,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One student
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class StudentRun:
+    """One trained student.
+
+    Attributes:
+        model: the student at its selected epoch.
+        history: fit()'s History (for DeDiER, with the readout's accuracy and the share upweighted per epoch).
+        row: the table row: dataset, method, settings, seed, test worst-group and average, the selection metric.
+        reweighting: DeDiER's callback (its readout and final weights), else None.
+        note: what went differently (e.g. JTT's empty error set).
+    """
+
+    model: nn.Module | None
+    history: History | None
+    row: dict[str, Any]
+    reweighting: DeDiERReweighting | None = None
+    note: str = ""
+
+
+def train_student(
+    method: str,
+    prep: Prepared,
+    cfg: DeDiERConfig,
+    *,
+    seed: int = 0,
+    alpha: float | None = None,
+    beta: float | None = None,
+    stage: str | None = None,
+    variant: str = "as in the paper",
+    progress: bool = True,
+) -> StudentRun:
+    """Trains one student with one method and scores it on test at the epoch chosen on validation.
+
+    Args:
+        method: one of METHODS.
+        prep: the prepared dataset.
+        cfg: the configuration.
+        seed: seed of the initialisation and the shuffling.
+        alpha, beta, stage: DeDiER's settings (default: cfg's).
+        variant: one of DEFECTS (DeDiER only).
+        progress: show progress bars.
+
+    Returns:
+        StudentRun.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if variant not in DEFECTS:
+        raise ValueError(f"variant must be one of {tuple(DEFECTS)}, got {variant!r}")
+    alpha = cfg.alpha if alpha is None else alpha
+    beta = cfg.beta if beta is None else beta
+    stage = stage or cfg.readout_stage
+    data, device = prep.train, prep.device
+    row: dict[str, Any] = {"dataset": prep.name, "method": method, "seed": seed}
+    if method == "DeDiER":
+        row.update({"alpha": alpha, "beta": beta, "readout stage": stage, "variant": variant})
+    started = time.perf_counter()
+
+    def new_student() -> nn.Module:
+        torch.manual_seed(seed)
+        return student_model(prep.name, cfg, data.num_classes, data.images.shape[1]).to(device)
+
+    extra: dict[str, torch.Tensor] = {}
+    loss_fn: Any = cross_entropy_loss
+    reweighting = None
+    note = ""
+    model = new_student()
+    if method in ("KD", "DeDiER"):
+        extra["teacher_logits"] = prep.teacher_logits
+        loss_fn = KDLoss(temperature=cfg.temperature, soft_weight=cfg.soft_weight)
+    elif method == "JTT":
+        identify = data.batches(cfg.batch_size, device=device, shuffle=True, seed=seed)
+        fit(model, identify, epochs=cfg.jtt_epochs, optimizer=_optimizer(model, cfg), progress=progress, desc=f"JTT identification ({prep.name})")
+        errors = jtt_error_set(model, identify)
+        try:
+            extra["weight"] = jtt_weights(errors, upweight=cfg.jtt_upweight)
+        except ValueError as error:
+            note = str(error)
+            row.update({WORST: math.nan, AVERAGE: math.nan, "val metric": math.nan, "best epoch": math.nan, "note": "empty error set"})
+            return StudentRun(None, None, row, note=note)
+        row["error set"] = int(errors.sum())
+        model = new_student()
+    elif method == "Group DRO":
+        loss_fn = GroupDROLoss(data.num_groups, step_size=cfg.dro_step_size)
+    elif method == "SimKD-style":
+        extra["teacher_features"] = prep.teacher_features
+        model = SimKDStudent(model, prep.teacher.classifier).to(device)
+        loss_fn = SimKDLoss(model)
+
+    train = data.batches(cfg.batch_size, device=device, shuffle=True, seed=seed, extra=extra)
+    if method == "DeDiER":
+        sticky, freeze, drift = DEFECTS[variant]
+        readout = EarlyReadout(stage, data.num_classes, head=cfg.readout_head, epochs=cfg.readout_epochs, lr=cfg.readout_lr,
+                               seed=seed, features_in_train_mode=drift)
+        reweighting = DeDiERReweighting(model, readout, train, alpha=alpha, beta=beta, sticky=sticky, freeze_shared=freeze)
+    history = fit(model, train, epochs=cfg.epochs, optimizer=_optimizer(model, cfg), loss_fn=loss_fn,
+                  metrics=_val_metrics(prep.val, device, 512), select=cfg.select, on_epoch_end=reweighting,
+                  progress=progress, desc=f"{method} ({prep.name}, seed {seed})")
+    model.eval()
+    scores = group_scores(model, prep.test, train_counts=data.group_counts())
+    row.update({WORST: scores["worst-group"], AVERAGE: scores[AVERAGE], "val metric": history.epochs[history.best_epoch][cfg.select],
+                "best epoch": history.best_epoch, "seconds": round(time.perf_counter() - started, 1)})
+    return StudentRun(model, history, row, reweighting, note)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Diagnostics
+# ---------------------------------------------------------------------------------------------------------------
+def readout_diagnostics(prep: Prepared, cfg: DeDiERConfig, student: nn.Module, *, stage: str | None = None, seed: int = 0) -> dict[str, Any]:
+    """Trains an early readout on a (distilled) student and asks whether its confident errors are the minority groups.
+
+    Args:
+        prep: the prepared dataset.
+        cfg: the configuration (readout head, epochs, lr; alpha and beta for the weights; margins).
+        student: the student to read (e.g. the KD student).
+        stage: the readout's stage (default cfg.readout_stage).
+        seed: the readout's seed.
+
+    Returns:
+        {"by_group": readout accuracy and margins per group, "retrieval": precision / recall / base rate of "wrong
+        with margin >= m" for minority membership at each m in cfg.margins, "weights": the DeDiER weights each
+        group would get, "logits": the readout's (N, C) logits on train}.
+    """
+    stage = stage or cfg.readout_stage
+    data = prep.train
+    batches = data.batches(cfg.batch_size, device=prep.device, shuffle=True, seed=seed)
+    readout = EarlyReadout(stage, data.num_classes, head=cfg.readout_head, epochs=cfg.readout_epochs, lr=cfg.readout_lr, seed=seed)
+    readout.fit(student, batches)
+    logits = readout.predict(student, batches).cpu()
+    labels, groups = data.labels, data.groups
+    names = data.group_names
+    by_group = [{"group": names[r.pop("group")], **r} for r in readout_by_group(logits, labels, groups, data.num_groups)]
+    retrieval = [confident_error_retrieval(logits, labels, prep.minority, margin=m) for m in cfg.margins]
+    weights = dedier_weights(logits, labels, alpha=cfg.alpha, beta=cfg.beta)
+    by_weight = [{"group": names[r.pop("group")], **r} for r in weights_by_group(weights, groups, data.num_groups)]
+    return {"by_group": by_group, "retrieval": retrieval, "weights": by_weight, "logits": logits, "stage": stage}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------------------------
+def _settings(row: dict[str, Any]) -> tuple:
+    return tuple(row.get(k) for k in ("dataset", "method", "alpha", "beta", "readout stage", "variant", "seed"))
+
+
+def _runs(settings: Sequence[dict[str, Any]], prep: Prepared, cfg: DeDiERConfig, reuse: Sequence[dict[str, Any]], progress: bool) -> list[dict[str, Any]]:
+    # Trains each setting for every seed, reusing rows already computed with the same settings and seed.
+    done = {_settings(r): r for r in reuse}
+    rows = []
+    for setting in settings:
+        for seed in cfg.seeds:
+            method = setting.get("method", "DeDiER")
+            probe = {"dataset": prep.name, "method": method, "seed": seed}
+            if method == "DeDiER":
+                probe.update({"alpha": setting.get("alpha", cfg.alpha), "beta": setting.get("beta", cfg.beta),
+                              "readout stage": setting.get("stage", cfg.readout_stage), "variant": setting.get("variant", "as in the paper")})
+            key = _settings(probe)
+            if key not in done:
+                kwargs = {k: v for k, v in setting.items() if k != "method"}
+                done[key] = train_student(method, prep, cfg, seed=seed, progress=progress, **kwargs).row
+            rows.append(done[key])
+    return rows
+
+
+def compare(prep: Prepared, cfg: DeDiERConfig, *, methods: Sequence[str] = METHODS, reuse: Sequence[dict[str, Any]] = (), progress: bool = True) -> list[dict[str, Any]]:
+    """Every method, every seed: one row each (see summarize for mean +- std)."""
+    return _runs([{"method": m} for m in methods], prep, cfg, reuse, progress)
+
+
+def sweep(prep: Prepared, cfg: DeDiERConfig, *, reuse: Sequence[dict[str, Any]] = (), progress: bool = True) -> list[dict[str, Any]]:
+    """DeDiER at each (alpha, beta) of cfg.sweep_settings, every seed."""
+    return _runs([{"alpha": a, "beta": b} for a, b in cfg.sweep_settings], prep, cfg, reuse, progress)
+
+
+def stage_ablation(prep: Prepared, cfg: DeDiERConfig, *, reuse: Sequence[dict[str, Any]] = (), progress: bool = True) -> list[dict[str, Any]]:
+    """DeDiER with the readout at each stage of cfg.stages, every seed."""
+    return _runs([{"stage": s} for s in cfg.stages], prep, cfg, reuse, progress)
+
+
+def official_defects(prep: Prepared, cfg: DeDiERConfig, *, reuse: Sequence[dict[str, Any]] = (), progress: bool = True) -> list[dict[str, Any]]:
+    """DeDiER as in the paper, then with the official code's defects switched on (see DEFECTS), every seed."""
+    return _runs([{"variant": v} for v in DEFECTS], prep, cfg, reuse, progress)
+
+
+def summarize(rows: Sequence[dict[str, Any]], *, by: Sequence[str] = ("dataset", "method")) -> list[dict[str, Any]]:
+    """Mean +- std over seeds of the test worst-group and average accuracy, one row per setting.
+
+    Args:
+        rows: per-seed rows.
+        by: the columns that name a setting.
+
+    Returns:
+        Rows with the `by` columns, "worst-group" and "average (train-weighted)" as "mean ± std (n=k)" strings in
+        percent, the means and standard deviations as numbers ("worst mean", "worst std", "average mean",
+        "average std"), "seeds" (runs that produced a number), and "note" where a run was not possible.
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row.get(k) for k in by), []).append(row)
+    out = []
+    for key, members in groups.items():
+        worst = [r[WORST] for r in members if not math.isnan(r[WORST])]
+        average = [r[AVERAGE] for r in members if not math.isnan(r[AVERAGE])]
+        summary = dict(zip(by, key))
+        summary["seeds"] = len(worst)
+        summary[WORST] = mean_std(worst, scale=100)
+        summary[AVERAGE] = mean_std(average, scale=100)
+        summary["worst mean"] = float(np.mean(worst)) * 100 if worst else math.nan
+        summary["worst std"] = float(np.std(worst, ddof=1)) * 100 if len(worst) > 1 else math.nan
+        summary["average mean"] = float(np.mean(average)) * 100 if average else math.nan
+        summary["average std"] = float(np.std(average, ddof=1)) * 100 if len(average) > 1 else math.nan
+        notes = sorted({r["note"] for r in members if r.get("note")})
+        summary["note"] = "; ".join(notes)
+        out.append(summary)
+    return out
+
+
+def display_rows(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The summary without its numeric helper columns (for printing)."""
+    hidden = {"worst mean", "worst std", "average mean", "average std", "seeds"}
+    return [{k: v for k, v in row.items() if k not in hidden and not (k == "note" and not v)} for row in summary]
+
+
+def conclusions(summary: Sequence[dict[str, Any]], *, mode: str) -> list[str]:
+    """Sentences about one dataset's comparison, computed from the summary (never typed in).
+
+    Args:
+        summary: summarize(compare(...)) rows of ONE dataset.
+        mode: "smoke" or "full" (smoke numbers are too small to conclude anything).
+
+    Returns:
+        A list of sentences.
+    """
+    by_method = {row["method"]: row for row in summary}
+    lines = []
+    if mode == "smoke":
+        lines.append("Smoke mode: tiny data, few epochs and one seed, so these numbers show that the code runs, not what "
+                     "works; the conclusions below describe this run only. Run full mode (python -m kdteach dedier "
+                     "--mode full, on a GPU) for results.")
+    if "DeDiER" in by_method and "KD" in by_method:
+        d, k = by_method["DeDiER"], by_method["KD"]
+        gain = d["worst mean"] - k["worst mean"]
+        spread = max(v for v in (d["worst std"], k["worst std"], 0.0) if not math.isnan(v))
+        if min(d["seeds"], k["seeds"]) < 2:
+            verdict = "with a single seed there is no seed spread to compare it with"
+        elif abs(gain) > spread:
+            verdict = f"larger than the seed spread (largest std {spread:.1f})"
+        else:
+            verdict = f"within the seed spread (largest std {spread:.1f}): no clear difference"
+        lines.append(f"Worst-group accuracy: DeDiER {d['worst mean']:.1f}% vs KD {k['worst mean']:.1f}%, "
+                     f"a difference of {gain:+.1f} points, {verdict}.")
+        lines.append(f"Average accuracy (train-weighted): DeDiER {d['average mean']:.1f}% vs KD {k['average mean']:.1f}% "
+                     f"({d['average mean'] - k['average mean']:+.1f} points).")
+    ranked = sorted((r for r in summary if not math.isnan(r["worst mean"])), key=lambda r: -r["worst mean"])
+    if ranked:
+        best = ranked[0]
+        lines.append(f"Best worst-group accuracy: {best['method']} ({best['worst mean']:.1f}%)"
+                     + (", which uses group labels in training, an advantage the other methods do not have." if best["method"] == "Group DRO" else "."))
+        if "DeDiER" in by_method and best["method"] != "DeDiER":
+            ahead = [r["method"] for r in ranked if r["worst mean"] > by_method["DeDiER"]["worst mean"]]
+            verb = "reaches" if len(ahead) == 1 else "reach"
+            lines.append(f"DeDiER does not win here: {' and '.join(ahead)} {verb} a higher worst-group accuracy.")
+    for row in summary:
+        if row.get("note"):
+            lines.append(f"{row['method']}: {row['note']}.")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Headless
+# ---------------------------------------------------------------------------------------------------------------
+def run(mode: str = "smoke", out: str | Path | None = None, *, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Runs notebook 03's experiments and writes their tables (and figures) to out.
+
+    Args:
+        mode: "smoke" or "full".
+        out: folder for dedier*.json / .md and figures (None: write nothing).
+        seed: added to every student seed (the teachers are seeded 0).
+        progress: show progress bars.
+
+    Returns:
+        {"main": rows, "summary": rows, "sweep", "stages", "defects", "diagnostics", "conclusions", "meta"}.
+    """
+    from kdteach.plots.debias import plot_margin_histograms
+
+    base = config(mode)
+    cfg = dataclasses.replace(base, seeds=tuple(s + seed for s in base.seeds))
+    device = runtime.setup(seed, run_mode=mode)
+    started = time.perf_counter()
+    main, summaries, lines, teachers = [], [], {}, []
+    sweeps, stages, defects, diagnostics = [], [], [], {}
+    figures = {}
+    for dataset in DATASETS:
+        prep = prepare(dataset, cfg, device, progress=progress)
+        teachers.append({"dataset": dataset, WORST: prep.teacher_row[WORST], AVERAGE: prep.teacher_row[AVERAGE]})
+        kd_student = train_student("KD", prep, cfg, seed=cfg.seeds[0], progress=progress)
+        diag = readout_diagnostics(prep, cfg, kd_student.model, seed=cfg.seeds[0])
+        diagnostics[dataset] = {k: v for k, v in diag.items() if k != "logits"}
+        figures[f"margins_{dataset}"] = plot_margin_histograms(diag["logits"], prep.train.labels, prep.train.groups, prep.train.group_names,
+                                                                title=f"Readout at {diag['stage']} of the KD student ({dataset})")
+        rows = compare(prep, cfg, reuse=[kd_student.row], progress=progress)
+        main += rows
+        summary = summarize(rows)
+        summaries += summary
+        lines[dataset] = conclusions(summary, mode=mode)
+        print(markdown_table(display_rows(summary)))
+        print("\n".join(lines[dataset]))
+        if dataset == "waterbirds_like":
+            sweeps = sweep(prep, cfg, reuse=rows, progress=progress)
+            stages = stage_ablation(prep, cfg, reuse=rows + sweeps, progress=progress)
+            defects = official_defects(prep, cfg, reuse=rows, progress=progress)
+    meta = {"mode": mode, "device": str(device), "seeds": list(cfg.seeds), "selection": cfg.select,
+            "average": AVERAGE, "teachers": teachers, "config": dataclasses.asdict(cfg),
+            "seconds": round(time.perf_counter() - started, 1)}
+    result = {
+        "main": main, "summary": summaries, "sweep": summarize(sweeps, by=("alpha", "beta")),
+        "stages": summarize(stages, by=("readout stage",)), "defects": summarize(defects, by=("variant",)),
+        "diagnostics": diagnostics, "conclusions": lines, "meta": meta,
+    }
+    if out is not None:
+        write_report(out, "dedier", rows=display_rows(summaries), meta={**meta, "conclusions": lines}, figures=figures,
+                     title="ERM, KD, JTT, Group DRO, SimKD-style and DeDiER: test worst-group and average accuracy (%)")
+        write_report(out, "dedier_runs", rows=main, meta=meta, title="Every run (one row per method and seed)")
+        write_report(out, "dedier_sweep", rows=display_rows(result["sweep"]), meta=meta, title="DeDiER: alpha / beta sweep (waterbirds_like)")
+        write_report(out, "dedier_stages", rows=display_rows(result["stages"]), meta=meta, title="DeDiER: readout stage (waterbirds_like)")
+        write_report(out, "dedier_defects", rows=display_rows(result["defects"]), meta=meta, title="DeDiER: the official code's defects (waterbirds_like)")
+        for dataset, diag in diagnostics.items():
+            what = f"the readout at {diag['stage']} of the KD student ({dataset})"
+            write_report(out, f"dedier_readout_{dataset}", rows=diag["by_group"], meta=meta, title=f"Accuracy and margin of {what}, per group")
+            write_report(out, f"dedier_retrieval_{dataset}", rows=diag["retrieval"], meta=meta,
+                         title=f"Does 'wrong with margin >= m' of {what} find the minority groups?")
+            write_report(out, f"dedier_weights_{dataset}", rows=diag["weights"], meta=meta, title=f"DeDiER weights from {what}, per group")
+    return result

@@ -1,0 +1,78 @@
+"""Figures of notebook 03: the early readout's margins per group, and the methods' worst-group vs average accuracy."""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from kdteach.debias import confidence_margin
+
+__all__ = ["plot_margin_histograms", "plot_method_comparison"]
+
+
+def plot_margin_histograms(readout_logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, group_names: Sequence[str], *, bins: int = 20, title: str = "") -> Figure:
+    """One panel per group: the readout's confidence margin, split into examples it gets right and wrong.
+
+    DeDiER's premise is visible here or not at all: on the bias-conflicting groups an early readout should be
+    wrong, and wrong with a large margin.
+
+    Args:
+        readout_logits: (N, C) readout logits.
+        labels: (N,) true classes.
+        groups: (N,) group ids.
+        group_names: one name per group.
+        bins: histogram bins over [0, 1].
+        title: figure title.
+
+    Returns:
+        The figure.
+    """
+    if len(readout_logits) != len(labels) or len(labels) != len(groups):
+        raise ValueError(f"readout_logits, labels and groups must have the same length, got {len(readout_logits)}, {len(labels)}, {len(groups)}")
+    margin = confidence_margin(readout_logits).cpu().numpy()
+    wrong = (readout_logits.argmax(1).cpu() != labels.cpu()).numpy()
+    groups = groups.cpu().numpy()
+    cols = len(group_names)
+    fig, axes = plt.subplots(1, cols, figsize=(3.0 * cols, 2.6), sharex=True, squeeze=False)
+    edges = np.linspace(0, 1, bins + 1)
+    for g, (ax, name) in enumerate(zip(axes[0], group_names)):
+        member = groups == g
+        ax.hist([margin[member & ~wrong], margin[member & wrong]], bins=edges, stacked=True, color=["tab:green", "tab:red"], label=["right", "wrong"])
+        acc = 1 - wrong[member].mean() if member.any() else math.nan
+        ax.set_title(f"{name}\n(n={int(member.sum())}, readout acc {acc:.0%})", fontsize=9)
+        ax.set_xlabel("margin (top-1 - top-2)")
+    axes[0][0].set_ylabel("training examples")
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_method_comparison(summary: Sequence[dict[str, Any]], *, title: str = "") -> Figure:
+    """Worst-group against average accuracy, one point per method with seed-spread error bars.
+
+    Args:
+        summary: rows of kdteach.experiments.dedier.summarize (method, worst/average mean and std in percent).
+        title: figure title.
+
+    Returns:
+        The figure.
+    """
+    fig, ax = plt.subplots(figsize=(5.0, 4.0))
+    for row in summary:
+        if math.isnan(row["worst mean"]):
+            continue
+        xerr = None if math.isnan(row["average std"]) else row["average std"]
+        yerr = None if math.isnan(row["worst std"]) else row["worst std"]
+        ax.errorbar(row["average mean"], row["worst mean"], xerr=xerr, yerr=yerr, fmt="o", capsize=3, label=row["method"])
+    ax.set_xlabel("average accuracy, train-weighted (%)")
+    ax.set_ylabel("worst-group accuracy (%)")
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
