@@ -1,0 +1,106 @@
+"""kdteach.experiments.dedier on a tiny configuration: every method runs, selection uses validation, the
+conclusions follow the numbers."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from kdteach.experiments import dedier
+
+TINY = dataclasses.replace(
+    dedier.SMOKE_CONFIG,
+    waterbirds_sizes=(96, 48, 48), image_size=8, teacher_depth=8, teacher_width=4, teacher_epochs=1,
+    student_width=4, epochs=2, batch_size=32, seeds=(0,), sweep_settings=((1.0, 2.0),), stages=("layer1", "layer2"),
+)
+
+
+@pytest.fixture(scope="module")
+def prep():
+    return dedier.prepare("waterbirds_like", TINY, "cpu", progress=False)
+
+
+def test_prepare_caches_teacher_outputs(prep):
+    assert prep.teacher_logits.shape == (96, 2)
+    assert prep.teacher_features.shape == (96, 4 * TINY.teacher_width)
+    assert not prep.teacher.training
+    assert torch.equal(prep.minority, prep.train.spurious != prep.train.labels)
+
+
+def test_every_method_runs_and_selects_on_validation(prep):
+    rows = dedier.compare(prep, TINY, progress=False)
+    assert [r["method"] for r in rows] == list(dedier.METHODS)
+    for row in rows:
+        if row.get("note") == "empty error set":
+            continue
+        # The train-weighted average is a convex combination of group accuracies, so never below the worst group.
+        assert 0 <= row[dedier.WORST] <= row[dedier.AVERAGE] + 1e-9 <= 1 + 1e-9
+        assert row["best epoch"] in range(TINY.epochs)
+
+
+def test_selected_epoch_is_the_best_validation_epoch(prep):
+    run = dedier.train_student("DeDiER", prep, TINY, seed=1, progress=False)
+    values = run.history.column(TINY.select)
+    assert run.history.best_epoch == values.index(max(values))
+    assert run.row["val metric"] == max(values)
+    # DeDiER's callback recorded the readout and the weights after every epoch.
+    assert "upweighted_fraction" in run.history.epochs[0]
+    assert run.reweighting.weights.shape == (96,)
+
+
+def test_ablations_reuse_the_main_rows(prep):
+    main = dedier.compare(prep, TINY, methods=("DeDiER",), progress=False)
+    stages = dedier.stage_ablation(prep, TINY, reuse=main, progress=False)
+    assert stages[0] is main[0]  # layer1 is the default: not trained again
+    assert stages[1]["readout stage"] == "layer2"
+
+
+def test_jtt_empty_error_set_is_a_row_with_a_note(prep, monkeypatch):
+    monkeypatch.setattr(dedier, "jtt_error_set", lambda model, batches: torch.zeros(len(prep.train), dtype=torch.bool))
+    run = dedier.train_student("JTT", prep, TINY, progress=False)
+    assert run.model is None and "error set is empty" in run.note
+    assert math.isnan(run.row[dedier.WORST]) and run.row["note"] == "empty error set"
+    summary = dedier.summarize([run.row])
+    assert summary[0]["worst-group"] == "n/a" and "empty error set" in summary[0]["note"]
+
+
+def _row(method, worst, average, seed):
+    return {"dataset": "d", "method": method, "seed": seed, dedier.WORST: worst, dedier.AVERAGE: average}
+
+
+def test_summarize_mean_and_std_by_hand():
+    rows = [_row("KD", 0.5, 0.9, 0), _row("KD", 0.7, 0.8, 1), _row("KD", 0.6, 0.85, 2)]
+    (summary,) = dedier.summarize(rows)
+    assert summary["worst mean"] == pytest.approx(60.0)
+    assert summary["worst std"] == pytest.approx(10.0)
+    assert summary["worst-group"] == "60.0 ± 10.0 (n=3)"
+    assert summary["seeds"] == 3
+
+
+def test_conclusions_follow_the_numbers():
+    clear = [_row("KD", w, 0.9, s) for s, w in enumerate((0.50, 0.52, 0.51))]
+    clear += [_row("DeDiER", w, 0.88, s) for s, w in enumerate((0.70, 0.71, 0.69))]
+    clear += [_row("Group DRO", w, 0.85, s) for s, w in enumerate((0.80, 0.81, 0.79))]
+    lines = dedier.conclusions(dedier.summarize(clear), mode="full")
+    text = " ".join(lines)
+    assert "+19.0 points, larger than the seed spread" in text
+    assert "Best worst-group accuracy: Group DRO" in text and "group labels" in text
+    assert "DeDiER does not win here: Group DRO reaches" in text
+    assert not text.startswith("Smoke")
+
+    noisy = [_row("KD", w, 0.9, s) for s, w in enumerate((0.40, 0.60, 0.50))]
+    noisy += [_row("DeDiER", w, 0.9, s) for s, w in enumerate((0.45, 0.65, 0.55))]
+    text = " ".join(dedier.conclusions(dedier.summarize(noisy), mode="smoke"))
+    assert text.startswith("Smoke mode") and "within the seed spread" in text
+    assert "Best worst-group accuracy: DeDiER" in text and "does not win" not in text
+
+
+def test_config_modes():
+    assert dedier.config("smoke").seeds == (0,)
+    assert len(dedier.config("full").seeds) >= 3
+    with pytest.raises(ValueError, match="mode"):
+        dedier.config("medium")
+    with pytest.raises(ValueError, match="method"):
+        dedier.train_student("DeDiER++", None, TINY)
