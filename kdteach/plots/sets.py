@@ -1,2 +1,174 @@
-"""(in progress)"""
-__all__: list[str] = []
+"""Figures of notebooks 05 and 06: accuracy against compute per exit, reliability per exit, prediction-set metrics
+per exit for each method, one example's sets across exits, and the wiggle regression intervals."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.figure import Figure
+
+__all__ = [
+    "plot_accuracy_vs_compute",
+    "plot_reliability",
+    "plot_set_metrics",
+    "plot_set_membership",
+    "plot_wiggle_intervals",
+]
+
+METRIC_TITLES = {"coverage": "coverage", "size": "mean set size", "empty_rate": "empty rate", "nestedness": "nestedness N(t)"}
+
+
+def plot_accuracy_vs_compute(
+    curves: Mapping[str, Sequence[Mapping[str, float]]],
+    costs: Mapping[str, Sequence[Mapping[str, Any]]],
+    accuracies: Mapping[str, torch.Tensor],
+) -> Figure:
+    """Accuracy against mean multiply-accumulates: each exit alone (anytime prediction) and the
+    confidence-threshold policy over its thresholds, for each model.
+
+    Args:
+        curves: model name -> kd.exits.threshold_curve(...) rows.
+        costs: model name -> kd.exits.exit_costs(...).
+        accuracies: model name -> (exits,) accuracy per exit.
+
+    Returns:
+        The figure.
+    """
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for (name, curve), color in zip(curves.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        macs = [c["macs"] / 1e3 for c in costs[name]]
+        ax.plot(macs, [100 * float(a) for a in accuracies[name]], "o--", color=color, label=f"{name}: exit alone")
+        points = sorted((row["mean_macs"] / 1e3, 100 * row["accuracy"]) for row in curve)
+        ax.plot(*zip(*points), "-", color=color, alpha=0.8, label=f"{name}: confidence threshold")
+    ax.set_xlabel("multiply-accumulates per example (thousands)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Accuracy against compute")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_reliability(exit_logits: torch.Tensor, labels: torch.Tensor, *, bins: int = 10, names: Sequence[str] | None = None) -> Figure:
+    """Reliability diagram per exit: accuracy against mean confidence in equal-width confidence bins.
+
+    Args:
+        exit_logits: (exits, N, C).
+        labels: (N,).
+        bins: number of bins.
+        names: a label per exit (default "exit 1", ...).
+
+    Returns:
+        The figure.
+    """
+    exits = exit_logits.shape[0]
+    names = list(names) if names is not None else [f"exit {t + 1}" for t in range(exits)]
+    confidence, prediction = torch.softmax(exit_logits.double(), dim=-1).max(dim=-1)
+    correct = (prediction == labels.to(exit_logits.device)).double()
+    which = (confidence * bins).long().clamp(max=bins - 1)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.plot([0, 1], [0, 1], ":", color="gray", label="calibrated")
+    for t in range(exits):
+        count = torch.bincount(which[t], minlength=bins).double()
+        mean_conf = torch.bincount(which[t], weights=confidence[t], minlength=bins) / count
+        accuracy = torch.bincount(which[t], weights=correct[t], minlength=bins) / count
+        keep = count > 0
+        ax.plot(mean_conf[keep].cpu(), accuracy[keep].cpu(), "o-", label=names[t])
+    ax.set_xlabel("confidence (top softmax probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Reliability per exit")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_set_metrics(summary: Mapping[str, Mapping[str, torch.Tensor]], *, alpha: float, metrics: Sequence[str] = ("coverage", "size", "empty_rate", "nestedness")) -> Figure:
+    """Coverage, size, empty rate and nestedness per exit, one line per method (with a +-1 std band when the
+    summary holds "<metric>_std", as repeated_comparison's does).
+
+    Args:
+        summary: method -> {metric: (exits,) tensor}.
+        alpha: the target miscoverage (coverage panel: a dashed line at 1 - alpha).
+        metrics: which panels.
+
+    Returns:
+        The figure.
+    """
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for method, m in summary.items():
+            values = m[metric].double().cpu()
+            exits = torch.arange(1, len(values) + 1)
+            line, = ax.plot(exits, values, "o-", ms=3, label=method)
+            if metric + "_std" in m:
+                std = m[metric + "_std"].double().cpu()
+                ax.fill_between(exits, values - std, values + std, color=line.get_color(), alpha=0.15)
+        if metric == "coverage":
+            ax.axhline(1 - alpha, ls="--", color="black", lw=1, label=f"1 - alpha = {1 - alpha:g}")
+        ax.set_title(METRIC_TITLES.get(metric, metric))
+        ax.set_xlabel("exit")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_set_membership(sets: Mapping[str, torch.Tensor], index: int, label: int) -> Figure:
+    """One example's sets at every exit, per method: a grid of exits x classes, filled where the class is in the set.
+
+    Args:
+        sets: method -> (exits, N, C) bool sets.
+        index: which example.
+        label: its true class (outlined).
+
+    Returns:
+        The figure.
+    """
+    fig, axes = plt.subplots(1, len(sets), figsize=(2.6 * len(sets), 2.8), squeeze=False)
+    for ax, (method, s) in zip(axes[0], sets.items()):
+        grid = s[:, index].double().cpu()
+        ax.imshow(grid, cmap="Blues", vmin=0, vmax=1.3, aspect="auto")
+        ax.add_patch(plt.Rectangle((label - 0.5, -0.5), 1, grid.shape[0], fill=False, ec="red", lw=2))
+        ax.set_xticks(range(grid.shape[1]))
+        ax.set_yticks(range(grid.shape[0]), [str(t + 1) for t in range(grid.shape[0])])
+        ax.set_xlabel("class")
+        ax.set_title(method, fontsize=10)
+    axes[0][0].set_ylabel("exit")
+    fig.suptitle(f"example {index}: sets across exits (red: true class {label})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_wiggle_intervals(regression: Mapping[str, Any], *, exits: Sequence[int] | None = None) -> Figure:
+    """Intervals on the input grid at a few exits, one panel per method, over the training data.
+
+    Args:
+        regression: kdteach.experiments.sets.regression_experiment(...).
+        exits: 0-based exits to draw (default: first, middle, last).
+
+    Returns:
+        The figure.
+    """
+    grid_x = regression["grid_x"].cpu()
+    data = regression["data"]
+    methods = list(regression["grid"])
+    total = regression["grid"][methods[0]][0].shape[0]
+    exits = list(exits) if exits is not None else sorted({0, total // 2, total - 1})
+    low, high = float(data.train_x.min()), float(data.train_x.max())
+    fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 3.8), sharey=True, squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        lower, upper = (v.cpu() for v in regression["grid"][method])
+        ax.scatter(data.train_x[:, 0], data.train_y, s=3, color="gray", alpha=0.5, label="training data")
+        for t in exits:
+            empty = lower[t] > upper[t]
+            ax.fill_between(grid_x, lower[t].clamp(-5, 5), upper[t].clamp(-5, 5), where=~empty, alpha=0.3, label=f"exit {t + 1}")
+        ax.axvspan(grid_x[0], low, color="orange", alpha=0.08)
+        ax.axvspan(high, grid_x[-1], color="orange", alpha=0.08, label="outside training inputs")
+        ax.set_ylim(-5, 5)
+        ax.set_title(method)
+        ax.set_xlabel("x (standardised)")
+    axes[0][0].set_ylabel("y (standardised)")
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
