@@ -1,0 +1,372 @@
+"""kdteach.sets: the conformal quantile, split-conformal coverage, running intersections, anytime-valid sets and
+intervals, Bayesian linear regression heads, metrics, and bad input."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from kdteach import sets as S
+from kdteach.experiments.sets import calibration_split, compare_sets
+
+
+def synthetic_logits(n: int, classes: int = 6, exits: int = 4, *, seed: int = 0, scale: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
+    # Exchangeable data: each example's label is drawn from the softmax of its last-exit logits; earlier exits see a
+    # noisier version of the same logits, so exits disagree the way real early exits do.
+    g = torch.Generator().manual_seed(seed)
+    clean = scale * torch.randn(n, classes, generator=g)
+    labels = torch.multinomial(torch.softmax(clean, dim=1), 1, generator=g).squeeze(1)
+    noise = [(exits - 1 - t) * 1.5 * torch.randn(n, classes, generator=g) for t in range(exits)]
+    return torch.stack([clean + e for e in noise]), labels
+
+
+# --- the conformal quantile ---------------------------------------------------------------------------------------
+
+
+def test_conformal_threshold_picks_the_ceil_n_plus_1_rank():
+    scores = torch.arange(1.0, 11.0)[torch.randperm(10)]  # 1..10 shuffled
+    assert float(S.conformal_threshold(scores, 0.1)) == 10.0  # ceil(11 * 0.9) = 10
+    assert float(S.conformal_threshold(scores, 0.25)) == 9.0  # ceil(11 * 0.75) = ceil(8.25) = 9
+    assert float(S.conformal_threshold(scores, 0.5)) == 6.0  # ceil(5.5) = 6
+
+
+def test_conformal_threshold_is_infinite_when_the_rank_exceeds_n():
+    # n = 5, alpha = 0.1: ceil(6 * 0.9) = 6 > 5, so no finite score gives the guarantee (not the largest score).
+    assert math.isinf(float(S.conformal_threshold(torch.rand(5), 0.1)))
+    assert math.isinf(float(S.conformal_threshold(torch.rand(18), 0.05)))  # ceil(19 * 0.95) = 19 > 18
+    per_exit = S.conformal_threshold(torch.rand(3, 5), 0.1)
+    assert per_exit.shape == (3,) and torch.isinf(per_exit).all()
+
+
+def test_conformal_threshold_is_not_fooled_by_floating_point():
+    # (19 + 1) * 0.95 is 19.000000000000004 in floating point; the rank is 19, which exists.
+    scores = torch.arange(1.0, 20.0)
+    assert float(S.conformal_threshold(scores, 0.05)) == 19.0
+
+
+def test_conformal_threshold_is_the_smallest_score_with_enough_scores_at_or_below_it():
+    # An independent characterisation: q is a calibration score, #{s <= q} >= (n + 1)(1 - alpha) and #{s < q} is not.
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n, alpha = int(rng.integers(5, 300)), float(rng.uniform(0.01, 0.3))
+        scores = rng.random(n)
+        q = float(S.conformal_threshold(torch.tensor(scores), alpha))
+        needed = (n + 1) * (1 - alpha)
+        if needed > n + 1e-9:
+            assert math.isinf(q)
+            continue
+        assert q in scores
+        assert (scores <= q).sum() >= needed - 1e-9 and (scores < q).sum() < needed - 1e-9
+
+
+# --- scores ------------------------------------------------------------------------------------------------------
+
+
+def test_aps_without_randomisation_is_the_mass_through_the_label():
+    probs = torch.tensor([[0.5, 0.1, 0.3, 0.1]], dtype=torch.float64)
+    scores = S.aps_scores(probs, randomized=False)
+    # ranks: class 0 (0.5), class 2 (0.3), then classes 1 and 3 (0.1 each, stable order 1 before 3)
+    assert torch.allclose(scores, torch.tensor([[0.5, 0.9, 0.8, 1.0]], dtype=torch.float64))
+
+
+def test_raps_adds_lambda_per_rank_beyond_k_reg_and_grows_with_rank():
+    probs = torch.softmax(torch.randn(200, 8, dtype=torch.float64), dim=1)
+    aps = S.aps_scores(probs, randomized=False)
+    raps = S.raps_scores(probs, lam=0.1, k_reg=2, randomized=False)
+    ranks = probs.argsort(dim=1, descending=True, stable=True).argsort(dim=1) + 1
+    assert torch.allclose(raps - aps, 0.1 * (ranks - 2).clamp(min=0).double())
+    randomized = S.raps_scores(probs, lam=0.1, k_reg=2, generator=torch.Generator().manual_seed(0))
+    by_rank = randomized.gather(1, probs.argsort(dim=1, descending=True, stable=True))
+    assert (by_rank.diff(dim=1) >= -1e-12).all()  # sets are top-k prefixes
+
+
+# --- split conformal ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("score", ["lac", "raps"])
+def test_split_conformal_marginal_coverage_over_many_random_splits(score):
+    alpha, n_calib, splits = 0.1, 100, 200
+    logits, labels = synthetic_logits(n_calib + 400, exits=1, seed=1)
+    logits = logits[0]
+    coverages = []
+    g = torch.Generator().manual_seed(2)
+    for s in range(splits):
+        calib, evaluation = calibration_split(len(labels), n_calib / len(labels), seed=s)
+        sets = S.prediction_sets(logits[calib], labels[calib], logits[evaluation], alpha, score=score, generator=g)
+        coverages.append(float(S.coverage(sets, labels[evaluation])))
+    mean = float(np.mean(coverages))
+    # Guarantee: >= 1 - alpha; for continuous scores also <= 1 - alpha + 1 / (n + 1). Slack for 200 splits.
+    assert mean >= 1 - alpha - 0.01
+    assert mean <= 1 - alpha + 1 / (n_calib + 1) + 0.01
+
+
+def test_prediction_sets_per_exit_equal_one_exit_at_a_time():
+    logits, labels = synthetic_logits(300, seed=3)
+    together = S.prediction_sets(logits[:, :100], labels[:100], logits[:, 100:], 0.1, score="lac")
+    for t in range(logits.shape[0]):
+        alone = S.prediction_sets(logits[t, :100], labels[:100], logits[t, 100:], 0.1, score="lac")
+        assert torch.equal(together[t], alone)
+
+
+def test_per_exit_sets_are_not_nested_but_their_running_intersection_is():
+    logits, labels = synthetic_logits(1000, seed=4)
+    sets = S.prediction_sets(logits[:, :300], labels[:300], logits[:, 300:], 0.1, score="lac")
+    assert float(S.nestedness(sets)[1:].min()) < 1.0  # the setting exists that the notebook shows
+    inter = S.running_intersection(sets)
+    assert torch.equal(S.nestedness(inter), torch.ones(sets.shape[0], dtype=torch.float64))
+    # and the intersection pays in coverage: never more than the per-exit sets
+    assert (S.coverage(inter, labels[300:]) <= S.coverage(sets, labels[300:]) + 1e-12).all()
+
+
+# --- running intersection ----------------------------------------------------------------------------------------
+
+
+def test_running_intersection_is_the_and_of_all_exits_so_far():
+    sets = torch.rand(5, 40, 7, generator=torch.Generator().manual_seed(0)) < 0.6
+    inter = S.running_intersection(sets)
+    assert torch.equal(inter[0], sets[0])
+    for t in range(1, 5):
+        assert torch.equal(inter[t], sets[: t + 1].all(dim=0))
+        assert not (inter[t] & ~inter[t - 1]).any()  # nested: nothing comes back
+
+
+# --- anytime-valid classification sets ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("num_parallel", [1, 3])
+def test_avcs_sets_are_nested_for_random_logits_and_seeds(seed, num_parallel):
+    g = torch.Generator().manual_seed(100 + seed)
+    logits = 4 * torch.randn(5, 64, 10, generator=g)
+    thresholds = 1 + torch.rand(5, generator=g)
+    sets = S.avcs_sets(logits, thresholds, 0.05, generator=torch.Generator().manual_seed(seed), num_parallel=num_parallel)
+    assert sets.shape == logits.shape and sets.dtype == torch.bool
+    assert not (sets[1:] & ~sets[:-1]).any()
+    assert torch.equal(S.nestedness(sets), torch.ones(5, dtype=torch.float64))
+    # labels whose logit is below the exit's threshold are ruled out from that exit on
+    below = (logits < thresholds[:, None, None]).to(torch.uint8).cummax(dim=0).values.bool()
+    assert not (sets & below).any()
+
+
+def test_avcs_sets_depend_on_the_generator_only():
+    logits = 5 * torch.randn(3, 50, 6, generator=torch.Generator().manual_seed(7))
+    first = S.avcs_sets(logits, [1.0, 1.0, 1.0], 0.05, generator=torch.Generator().manual_seed(11))
+    torch.manual_seed(12345)  # the global stream must not matter, and must be left alone
+    state = torch.get_rng_state()
+    second = S.avcs_sets(logits, [1.0, 1.0, 1.0], 0.05, generator=torch.Generator().manual_seed(11))
+    assert torch.equal(first, second)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_avcs_with_huge_concentrations_keeps_every_label_above_threshold():
+    # Dirichlet draws with concentrations ~ 1e6 sit on their mean, every ratio is ~1 <= 1 / alpha: the set is the
+    # support {y : logit >= tau} at every exit (intersected over exits).
+    logits = torch.where(torch.rand(2, 30, 5, generator=torch.Generator().manual_seed(1)) < 0.7, torch.tensor(1e6), torch.tensor(0.5))
+    sets = S.avcs_sets(logits, [1.0, 1.0], 0.05, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sets, (logits >= 1.0).to(torch.uint8).cummin(dim=0).values.bool())
+
+
+def confident_logits(n: int, classes: int = 6, exits: int = 4, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    # Logits of a trained net: the label's logit well above the others, less so at early exits.
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    one_hot = torch.nn.functional.one_hot(labels, classes).float()
+    return torch.stack([(4 + 2 * t) * one_hot + 1.5 * torch.randn(n, classes, generator=g) for t in range(exits)]), labels
+
+
+def test_fit_avcs_thresholds_keep_calibration_coverage_and_depend_only_on_it():
+    logits, labels = confident_logits(400, seed=5)
+    calib = slice(0, 150)
+    taus = S.fit_avcs_thresholds(logits[:, calib], labels[calib], 0.1, seed=3)
+    assert (taus >= 1.0).all() and taus.shape == (4,) and (taus > 1.0).any()
+    sets = S.avcs_sets(logits[:, calib], taus, 0.1, generator=torch.Generator().manual_seed(3))
+    assert float(S.coverage(sets[-1], labels[calib])) >= 0.9
+    torch.manual_seed(999)
+    again = S.fit_avcs_thresholds(logits[:, calib].clone(), labels[calib].clone(), 0.1, seed=3)
+    assert torch.equal(taus, again)
+
+
+def test_compare_sets_thresholds_ignore_the_evaluation_split():
+    logits, labels = confident_logits(500, seed=6)
+    calib, evaluation = calibration_split(500, 0.2, seed=0)
+    result = compare_sets(logits, labels, seed=0)
+    scrambled_logits, scrambled_labels = logits.clone(), labels.clone()
+    scrambled_labels[evaluation] = torch.randint(0, 6, (len(evaluation),), generator=torch.Generator().manual_seed(1))
+    scrambled_logits[:, evaluation] = torch.randn(4, len(evaluation), 6)
+    other = compare_sets(scrambled_logits, scrambled_labels, seed=0)
+    for method in ("LAC", "RAPS", "AVCS"):
+        assert torch.equal(result["thresholds"][method], other["thresholds"][method])
+    assert torch.equal(result["sets"]["AVCS"], S.running_intersection(result["sets"]["AVCS"]))
+
+
+# --- metrics -----------------------------------------------------------------------------------------------------
+
+
+def test_metrics_on_a_hand_made_example():
+    # 2 exits, 3 examples, 3 classes; labels 0, 1, 2
+    sets = torch.tensor(
+        [
+            [[1, 1, 0], [0, 1, 0], [0, 0, 0]],
+            [[1, 0, 1], [1, 1, 1], [0, 0, 1]],
+        ],
+        dtype=torch.bool,
+    )
+    labels = torch.tensor([0, 1, 2])
+    assert S.coverage(sets, labels).tolist() == pytest.approx([2 / 3, 1.0])
+    assert S.mean_size(sets).tolist() == pytest.approx([1.0, 2.0])
+    assert S.empty_rate(sets).tolist() == pytest.approx([1 / 3, 0.0])
+    # N(2): example 0: {0} of {0, 2} -> 1/2; example 1: {1} of 3 -> 1/3; example 2: {} of {2} -> 0
+    assert S.nestedness(sets).tolist() == pytest.approx([1.0, (1 / 2 + 1 / 3 + 0) / 3])
+    per_class = S.class_conditional_coverage(sets, labels)
+    assert per_class.tolist() == [[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
+    assert S.set_metrics(sets, labels)["all_exit_coverage"].tolist() == pytest.approx([2 / 3, 2 / 3])
+
+
+def test_class_conditional_coverage_is_nan_for_absent_classes():
+    sets = torch.ones(4, 3, dtype=torch.bool)
+    result = S.class_conditional_coverage(sets, torch.tensor([0, 0, 1, 1]))
+    assert result[:2].tolist() == [1.0, 1.0] and math.isnan(float(result[2]))
+
+
+# --- regression --------------------------------------------------------------------------------------------------
+
+
+def direct_log_ratio(y: torch.Tensor, mean, var, sampled, noise_var) -> torch.Tensor:
+    # log R_t(y) summed over exits <= t, straight from the Gaussian densities: (exits, N, len(y)).
+    normal = torch.distributions.Normal
+    terms = normal(mean[..., None], var[..., None].sqrt()).log_prob(y) - normal(sampled[..., None], noise_var[:, None, None].sqrt()).log_prob(y)
+    return terms.cumsum(dim=0)
+
+
+def test_avcs_interval_is_where_the_directly_evaluated_quadratic_is_below_log_one_over_alpha():
+    g = torch.Generator().manual_seed(0)
+    exits, n, alpha = 4, 25, 0.05
+    mean = torch.randn(exits, n, generator=g, dtype=torch.float64)
+    noise_var = 0.05 + torch.rand(exits, generator=g, dtype=torch.float64)
+    epistemic = 0.5 * torch.rand(exits, n, generator=g, dtype=torch.float64)
+    sampled = mean + epistemic.sqrt() * torch.randn(exits, n, generator=g, dtype=torch.float64)
+    lower, upper = S.avcs_quadratic_intervals(mean, epistemic + noise_var[:, None], sampled, noise_var, alpha)
+    grid = torch.linspace(-8, 8, 4001, dtype=torch.float64)
+    inside = direct_log_ratio(grid, mean, epistemic + noise_var[:, None], sampled, noise_var) <= math.log(1 / alpha)
+    claimed = (grid >= lower[..., None]) & (grid <= upper[..., None])
+    step = float(grid[1] - grid[0])
+    near_end = ((grid - lower[..., None]).abs() < step) | ((grid - upper[..., None]).abs() < step)
+    assert torch.equal(inside & ~near_end, claimed & ~near_end)
+
+
+def test_avcs_interval_is_empty_when_the_exits_draws_disagree():
+    # One exit alone never gives an empty set (the minimum of its log ratio is negative). Two exits whose posterior
+    # draws land 50 apart on either side of the predictive mean leave no plausible y: empty, out of distribution.
+    mean = torch.zeros(2, 1, dtype=torch.float64)
+    var = torch.full((2, 1), 1.1, dtype=torch.float64)
+    sampled = torch.tensor([[50.0], [-50.0]], dtype=torch.float64)
+    noise_var = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    lower, upper = S.avcs_quadratic_intervals(mean, var, sampled, noise_var, 0.05)
+    assert float(lower[0, 0]) <= float(upper[0, 0]) and float(lower[1, 0]) > float(upper[1, 0])
+    grid = torch.linspace(-2000, 2000, 40001, dtype=torch.float64)
+    assert (direct_log_ratio(grid, mean, var, sampled, noise_var)[1] > math.log(20)).all()
+
+
+def test_avcs_intervals_are_nested_and_empty_stays_empty():
+    g = torch.Generator().manual_seed(1)
+    mean = torch.randn(6, 200, generator=g, dtype=torch.float64)
+    epistemic = 2 * torch.rand(6, 200, generator=g, dtype=torch.float64)
+    lower, upper = S.avcs_intervals(mean, epistemic, torch.full((6,), 0.3), 0.05, generator=torch.Generator().manual_seed(0), num_parallel=2)
+    empty = lower > upper
+    assert not (empty[:-1] & ~empty[1:]).any()
+    ok = ~empty[1:]
+    assert (lower[1:] >= lower[:-1])[ok].all() and (upper[1:] <= upper[:-1])[ok].all()
+    assert torch.equal(S.interval_metrics(lower, upper, mean[-1])["nestedness"], torch.ones(6, dtype=torch.float64))
+
+
+def test_interval_running_intersection_and_metrics():
+    lower = torch.tensor([[0.0, 0.0], [1.0, 3.0]])
+    upper = torch.tensor([[2.0, 2.0], [3.0, 4.0]])
+    run_lower, run_upper = S.interval_running_intersection(lower, upper)
+    assert run_lower.tolist() == [[0.0, 0.0], [1.0, 3.0]] and run_upper.tolist() == [[2.0, 2.0], [2.0, 2.0]]
+    m = S.interval_metrics(lower, upper, torch.tensor([1.5, 3.5]))
+    assert m["coverage"].tolist() == pytest.approx([0.5, 1.0])
+    assert m["size"].tolist() == pytest.approx([2.0, 1.5])
+    assert m["nestedness"].tolist() == pytest.approx([1.0, (0.5 + 0.0) / 2])
+    assert m["all_exit_coverage"].tolist() == pytest.approx([0.5, 0.5])
+
+
+def test_credible_intervals_cover_gaussian_data_at_the_nominal_rate():
+    g = torch.Generator().manual_seed(2)
+    y = 1.0 + 2.0 * torch.randn(20000, generator=g, dtype=torch.float64)
+    lower, upper = S.credible_intervals(torch.ones(1, 20000), torch.full((1, 20000), 4.0), 0.1)
+    assert float(((lower <= y) & (y <= upper)).double().mean()) == pytest.approx(0.9, abs=0.01)
+
+
+def test_bayesian_linear_regression_maximises_the_evidence_and_recovers_the_noise():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2000, 5, generator=g, dtype=torch.float64)
+    y = x @ torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0], dtype=torch.float64) + 0.7 + 0.3 * torch.randn(2000, generator=g, dtype=torch.float64)
+    head = S.fit_bayesian_linear_regression(x, y)
+    assert head.noise_std == pytest.approx(0.3, rel=0.05)
+    alpha, beta = head.prior_std**-2, head.noise_std**-2
+    best = S.log_marginal_likelihood(x, y, alpha, beta)
+    for a_factor, b_factor in [(1.3, 1.0), (1 / 1.3, 1.0), (1.0, 1.1), (1.0, 1 / 1.1), (1.3, 1.1)]:
+        assert best >= S.log_marginal_likelihood(x, y, alpha * a_factor, beta * b_factor) - 1e-6
+    # the posterior is the closed form at those hyperparameters
+    design = torch.cat([x, torch.ones(2000, 1, dtype=torch.float64)], dim=1)
+    precision = alpha * torch.eye(6, dtype=torch.float64) + beta * design.T @ design
+    assert torch.allclose(head.mean, beta * torch.linalg.solve(precision, design.T @ y), atol=1e-6)
+    mean, epistemic = head.predictive(x[:10])
+    assert torch.allclose(epistemic, ((design[:10] @ torch.linalg.inv(precision)) * design[:10]).sum(1), rtol=1e-6)
+
+
+def test_wiggle_data_is_reproducible_and_follows_the_curve():
+    x, y = S.wiggle_data(3000, seed=4)
+    x2, y2 = S.wiggle_data(3000, seed=4)
+    assert torch.equal(x, x2) and torch.equal(y, y2) and x.shape == (3000, 1) and y.shape == (3000,)
+    assert float(x.mean()) == pytest.approx(5.0, abs=0.15) and float(x.std()) == pytest.approx(2.5, abs=0.1)
+    assert float((y - S.wiggle_function(x[:, 0])).std()) == pytest.approx(0.25, abs=0.02)
+
+
+# --- bad input ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0, -0.1, 1.5, float("nan")])
+def test_alpha_outside_the_unit_interval_is_refused(alpha):
+    logits, labels = synthetic_logits(50, seed=0)
+    with pytest.raises(ValueError, match="alpha"):
+        S.conformal_threshold(torch.rand(10), alpha)
+    with pytest.raises(ValueError, match="alpha"):
+        S.avcs_sets(logits, [1.0] * 4, alpha, generator=torch.Generator())
+    with pytest.raises(ValueError, match="alpha"):
+        S.fit_avcs_thresholds(logits, labels, alpha)
+    with pytest.raises(ValueError, match="alpha"):
+        S.credible_intervals(torch.zeros(2, 3), torch.ones(2, 3), alpha)
+
+
+def test_shape_mismatches_and_wrong_thresholds_are_refused():
+    logits, labels = synthetic_logits(50, seed=0)
+    with pytest.raises(ValueError, match="thresholds"):
+        S.avcs_sets(logits, [1.0, 1.0], 0.1, generator=torch.Generator())
+    with pytest.raises(ValueError, match="thresholds"):
+        S.avcs_sets(logits, [1.0, 1.0, 0.0, 1.0], 0.1, generator=torch.Generator())
+    with pytest.raises(ValueError, match="thresholds"):
+        S.conformal_sets(logits, torch.ones(3), score="lac")
+    with pytest.raises(ValueError, match="calib_labels"):
+        S.fit_conformal_thresholds(logits, labels[:-1], 0.1)
+    with pytest.raises(ValueError, match="calib_labels"):
+        S.fit_conformal_thresholds(logits, labels + 100, 0.1)
+    with pytest.raises(ValueError, match="calib_logits"):
+        S.prediction_sets(logits[:, :, :3], labels, logits, 0.1)
+    with pytest.raises(ValueError, match="exit_logits"):
+        S.avcs_sets(logits[0], [1.0], 0.1, generator=torch.Generator())
+    with pytest.raises(ValueError, match="score"):
+        S.label_scores(logits, "softmax")
+    with pytest.raises(ValueError, match="sets"):
+        S.running_intersection(torch.ones(3, 4, 5))  # not bool
+    with pytest.raises(ValueError, match="labels"):
+        S.coverage(torch.ones(2, 5, 3, dtype=torch.bool), torch.zeros(4, dtype=torch.long))
+    with pytest.raises(ValueError, match="pred_var"):
+        S.avcs_quadratic_intervals(torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(2, 3), [1.0, 1.0], 0.1)
+    with pytest.raises(ValueError, match="noise_var"):
+        S.avcs_intervals(torch.zeros(2, 3), torch.ones(2, 3), [1.0, 1.0, 1.0], 0.1, generator=torch.Generator())
+    with pytest.raises(ValueError, match="targets"):
+        S.fit_bayesian_linear_regression(torch.zeros(5, 2), torch.zeros(4))
