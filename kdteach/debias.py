@@ -167,10 +167,10 @@ class EarlyReadout:
     Args:
         stage: the student's stage to read (one of its stage_names, e.g. "layer1").
         num_classes: number of classes.
-        head: "conv" (3x3 conv, BatchNorm, ReLU, global average pool, linear: the official code's head) or "linear"
+        head: "conv" (3x3 conv, ReLU, global average pool, linear: the official code's kind of head) or "linear"
             (global average pool, then a linear probe). 2-D features (an MLP's) only take "linear".
         epochs: epochs the head trains for each time fit() is called (the official code: 1).
-        lr: Adam learning rate of the head.
+        lr: Adam learning rate of the head (high, because the head gets one short epoch to find the easy cue).
         batch_size: rows per step; None uses the training batches' batch size.
         hidden_channels: channels of the conv head; None keeps the stage's channel count.
         seed: seeds the head's initialisation and its shuffling (together with how often fit() has run).
@@ -185,7 +185,7 @@ class EarlyReadout:
         *,
         head: str = "conv",
         epochs: int = 1,
-        lr: float = 1e-3,
+        lr: float = 1e-2,
         batch_size: int | None = None,
         hidden_channels: int | None = None,
         seed: int = 0,
@@ -224,9 +224,10 @@ class EarlyReadout:
         if self.head_kind == "linear":
             return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, self.num_classes))
         hidden = self.hidden_channels or channels
+        # No BatchNorm in the head: after a single short epoch its running statistics lag behind the weights,
+        # and the head in eval mode then disagrees with the head that was trained.
         return nn.Sequential(
-            nn.Conv2d(channels, hidden, 3, padding=1, bias=False),
-            nn.BatchNorm2d(hidden),
+            nn.Conv2d(channels, hidden, 3, padding=1),
             nn.ReLU(inplace=True),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),

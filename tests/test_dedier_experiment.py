@@ -104,3 +104,14 @@ def test_config_modes():
         dedier.config("medium")
     with pytest.raises(ValueError, match="method"):
         dedier.train_student("DeDiER++", None, TINY)
+
+
+def test_ablation_sentence():
+    rows = [_row("DeDiER", w, 0.9, s) | {"readout stage": stage} for stage, ws in (("layer1", (0.6, 0.62)), ("layer2", (0.4, 0.41)))
+            for s, w in enumerate(ws)]
+    summary = dedier.summarize(rows, by=("readout stage",))
+    sentence = dedier.ablation_sentence(summary, "readout stage", what="readout stage")
+    assert "from 40.5% (readout stage layer2) to 61.0% (readout stage layer1)" in sentence
+    assert "larger than the largest seed std" in sentence
+    tie = dedier.summarize([_row("DeDiER", 0.5, 0.9, 0) | {"readout stage": s} for s in ("layer1", "layer2")], by=("readout stage",))
+    assert dedier.ablation_sentence(tie, "readout stage", what="readout stage") == "Every readout stage gives the same worst-group accuracy (50.0%)."

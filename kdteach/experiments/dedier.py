@@ -71,8 +71,8 @@ class DeDiERConfig:
         teacher_epochs, teacher_lr: the teacher, trained with Group DRO as in the paper (debiased teacher).
         epochs, batch_size, lr, weight_decay: every student (AdamW).
         temperature, soft_weight: KD and DeDiER's loss (the paper: T = 3, pure soft targets).
-        readout_stage, readout_head, readout_epochs, readout_lr: the early readout (the paper: layer1, a conv head,
-            one epoch after every student epoch).
+        readout_stage, readout_head, readout_epochs, readout_lr, readout_batch_size: the early readout (the paper:
+            layer1, a conv head, one epoch after every student epoch; None batch size: the students').
         alpha, beta: DeDiER's weights exp(beta * margin**alpha) on readout errors (the code's Waterbirds defaults).
         jtt_epochs, jtt_upweight: JTT's identification epochs and upweight factor.
         dro_step_size: Group DRO's exponentiated-gradient step size.
@@ -101,7 +101,8 @@ class DeDiERConfig:
     readout_stage: str = "layer1"
     readout_head: str = "conv"
     readout_epochs: int = 1
-    readout_lr: float = 1e-3
+    readout_lr: float = 1e-2
+    readout_batch_size: int | None = None
     alpha: float = 0.05
     beta: float = 4.0
     jtt_epochs: int = 2
@@ -121,7 +122,7 @@ class DeDiERConfig:
 SMOKE_CONFIG = DeDiERConfig(
     waterbirds_sizes=(600, 300, 400), digits_sizes=(600, 300, 400), image_size=16,
     teacher_depth=8, teacher_width=16, teacher_epochs=4, student_depth=8, student_width=8, epochs=3,
-    readout_lr=1e-2, lr=3e-3, jtt_epochs=1, dro_step_size=0.05, seeds=(0,), sweep_settings=((0.05, 2.0), (1.0, 4.0)),
+    lr=3e-3, readout_batch_size=32, jtt_epochs=1, dro_step_size=0.05, seeds=(0,), sweep_settings=((0.05, 2.0), (1.0, 4.0)),
     margins=(0.0, 0.5),
 )
 
@@ -183,9 +184,9 @@ def load_splits(dataset: str, cfg: DeDiERConfig, *, root: str | Path | None = No
     if dataset == "colored_digits":
         return tuple(colored_digits(split, n) for split, n in zip(("train", "val", "test"), cfg.digits_sizes))
     if dataset == "waterbirds":
-        return tuple(waterbirds(root, split, n=n) for split, n in zip(("train", "val", "test"), cfg.waterbirds_sizes))
+        return tuple(waterbirds(root, split, n=n, image_size=cfg.image_size) for split, n in zip(("train", "val", "test"), cfg.waterbirds_sizes))
     if dataset == "celeba":
-        return tuple(celeba(root, split, n=n) for split, n in zip(("train", "val", "test"), cfg.digits_sizes))
+        return tuple(celeba(root, split, n=n, image_size=cfg.image_size) for split, n in zip(("train", "val", "test"), cfg.digits_sizes))
     raise ValueError(f"dataset must be one of {DATASETS + ('waterbirds', 'celeba')}, got {dataset!r}")
 
 
@@ -390,7 +391,7 @@ def train_student(
     if method == "DeDiER":
         sticky, freeze, drift = DEFECTS[variant]
         readout = EarlyReadout(stage, data.num_classes, head=cfg.readout_head, epochs=cfg.readout_epochs, lr=cfg.readout_lr,
-                               seed=seed, features_in_train_mode=drift)
+                               batch_size=cfg.readout_batch_size, seed=seed, features_in_train_mode=drift)
         reweighting = DeDiERReweighting(model, readout, train, alpha=alpha, beta=beta, sticky=sticky, freeze_shared=freeze)
     history = fit(model, train, epochs=cfg.epochs, optimizer=_optimizer(model, cfg), loss_fn=loss_fn,
                   metrics=_val_metrics(prep.val, device, 512), select=cfg.select, on_epoch_end=reweighting,
@@ -423,7 +424,8 @@ def readout_diagnostics(prep: Prepared, cfg: DeDiERConfig, student: nn.Module, *
     stage = stage or cfg.readout_stage
     data = prep.train
     batches = data.batches(cfg.batch_size, device=prep.device, shuffle=True, seed=seed)
-    readout = EarlyReadout(stage, data.num_classes, head=cfg.readout_head, epochs=cfg.readout_epochs, lr=cfg.readout_lr, seed=seed)
+    readout = EarlyReadout(stage, data.num_classes, head=cfg.readout_head, epochs=cfg.readout_epochs, lr=cfg.readout_lr,
+                           batch_size=cfg.readout_batch_size, seed=seed)
     readout.fit(student, batches)
     logits = readout.predict(student, batches).cpu()
     labels, groups = data.labels, data.groups
@@ -563,6 +565,57 @@ def conclusions(summary: Sequence[dict[str, Any]], *, mode: str) -> list[str]:
         if row.get("note"):
             lines.append(f"{row['method']}: {row['note']}.")
     return lines
+
+
+def ablation_sentence(summary: Sequence[dict[str, Any]], column: str, *, what: str) -> str:
+    """One sentence about an ablation table: the best and the worst setting on worst-group accuracy, and whether
+    their gap exceeds the seed spread.
+
+    Args:
+        summary: summarize(...) rows, one per setting.
+        column: the column that names a setting (e.g. "readout stage"); a tuple of columns is joined with ", ".
+        what: what the settings are, for the sentence (e.g. "readout stage").
+
+    Returns:
+        The sentence.
+    """
+    rows = [r for r in summary if not math.isnan(r["worst mean"])]
+    if not rows:
+        return f"No {what} produced a number."
+    columns = (column,) if isinstance(column, str) else tuple(column)
+
+    def name(row: dict[str, Any]) -> str:
+        return ", ".join(f"{c} {row[c]}" for c in columns)
+
+    best, worst = max(rows, key=lambda r: r["worst mean"]), min(rows, key=lambda r: r["worst mean"])
+    gap = best["worst mean"] - worst["worst mean"]
+    if gap == 0:
+        return f"Every {what} gives the same worst-group accuracy ({best['worst mean']:.1f}%)."
+    stds = [r["worst std"] for r in rows if not math.isnan(r["worst std"])]
+    if not stds:
+        verdict = "one seed, so no seed spread to compare with"
+    elif gap > max(stds):
+        verdict = f"larger than the largest seed std ({max(stds):.1f})"
+    else:
+        verdict = f"within the seed spread (largest std {max(stds):.1f})"
+    return (f"Across {what}s, worst-group accuracy ranges from {worst['worst mean']:.1f}% ({name(worst)}) to "
+            f"{best['worst mean']:.1f}% ({name(best)}): a gap of {gap:.1f} points, {verdict}.")
+
+
+def real_config(mode: str | None = None) -> DeDiERConfig:
+    """The real-data configuration (Waterbirds, CelebA; ResNet-50 teacher -> ResNet-18 student at 224 pixels).
+
+    For a Colab GPU: full Waterbirds (4795 training images) in full mode, 600 images in smoke mode. CelebA uses
+    digits_sizes (a 20k-image training subset in full mode).
+    """
+    mode = mode or runtime.mode()
+    full = mode == "full"
+    return dataclasses.replace(
+        config(mode), waterbirds_sizes=(None, None, None) if full else (600, 300, 300),
+        digits_sizes=(20000, 4000, 8000) if full else (600, 300, 300), image_size=224, batch_size=64,
+        teacher_epochs=10 if full else 1, epochs=10 if full else 1, lr=1e-4, teacher_lr=1e-4, weight_decay=1e-3,
+        stages=("layer1", "layer2", "layer3", "layer4"),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
