@@ -1,0 +1,160 @@
+"""kdteach.exits: the multi-exit wrapper on MLP and ResNet backbones, exit costs, the exit policies (simulated and
+really stopping), the multi-exit losses, and bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kdteach.data.batches import Batches
+from kdteach.exits import (
+    MultiExit,
+    MultiExitLoss,
+    ResidualMLP,
+    calibration_error,
+    confidence_exit,
+    early_exit_predict,
+    exit_accuracy,
+    exit_costs,
+    exit_feature_vectors,
+    exit_logits,
+    multi_exit_mse,
+    threshold_curve,
+)
+from kdteach.models.mlp import MLP
+from kdteach.models.resnet import CifarResNet
+from kdteach.train import fit
+
+
+def mlp_exits(seed: int = 0) -> MultiExit:
+    torch.manual_seed(seed)
+    return MultiExit(MLP((12, 16, 16, 16, 5)), 5, example_input=torch.zeros(1, 12)).eval()
+
+
+def test_multi_exit_mlp_has_a_head_per_stage_and_reuses_the_classifier():
+    model = mlp_exits()
+    assert model.exit_names == ("hidden1", "hidden2", "hidden3") and model.num_exits == 3
+    assert model.heads[-1] is model.backbone.classifier
+    x = torch.randn(7, 12)
+    out = model(x)
+    assert out.shape == (3, 7, 5)
+    assert torch.allclose(out[-1], model.backbone(x), atol=1e-6)  # the last exit is the backbone itself
+    for k in range(3):
+        assert torch.allclose(model.forward_exit(x, k), out[k], atol=1e-6)
+
+
+def test_multi_exit_resnet_pools_feature_maps_before_the_heads():
+    torch.manual_seed(0)
+    backbone = CifarResNet(8, 4, 3, in_channels=1)
+    model = MultiExit(backbone, 3, example_input=torch.zeros(1, 1, 12, 12), exits=("stem", "layer2", "pooled"), head_pool=2)
+    widths = [h.in_features for h in model.heads]
+    assert widths == [4 * 2 * 2, 8 * 2 * 2, 16]  # stem: 4 channels x 2x2 cells; pooled is already a vector
+    model.eval()
+    x = torch.randn(5, 1, 12, 12)
+    assert model(x).shape == (3, 5, 3)
+    features = exit_feature_vectors(model, x, batch_size=2)
+    assert [tuple(f.shape) for f in features] == [(5, 16), (5, 32), (5, 16)]
+
+
+def test_exit_costs_grow_and_match_a_hand_count():
+    model = mlp_exits()
+    costs = exit_costs(model, torch.zeros(1, 12))
+    macs = [c["macs"] for c in costs]
+    # hidden layers 12x16, 16x16, 16x16; heads 16x5 each: reaching exit t runs layers 1..t and heads 1..t
+    assert macs == [12 * 16 + 16 * 5, 12 * 16 + 16 * 16 + 2 * 16 * 5, 12 * 16 + 2 * 16 * 16 + 3 * 16 * 5]
+    assert costs[-1]["params"] == sum(p.numel() for p in model.parameters())
+    assert [c["stage"] for c in costs] == list(model.exit_names)
+
+
+def test_early_exit_predict_matches_the_simulated_policy_and_really_skips_stages():
+    model = mlp_exits(1)
+    x = torch.randn(200, 12)
+    logits = model(x)
+    for threshold in (0.0, 0.3, 0.45, [0.4, 0.5, 0.0], 1.1):
+        index, prediction = confidence_exit(logits, threshold)
+        real_prediction, real_index = early_exit_predict(model, x, threshold)
+        assert torch.equal(index, real_index) and torch.equal(prediction, real_prediction)
+    calls = []
+    hook = model.backbone.hidden[2].register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    _, index = early_exit_predict(model, x, 0.0)  # everyone is confident at exit 0: later stages never run
+    assert calls == [] and (index == 0).all()
+    _, index = early_exit_predict(model, x, 0.45)
+    assert sum(calls) == int((index == 2).sum())  # the last stage ran only for the examples that reached it
+    hook.remove()
+
+
+def test_confidence_exit_sends_everyone_to_the_last_exit_above_certainty():
+    logits = torch.randn(3, 50, 4)
+    index, prediction = confidence_exit(logits, 1.01)
+    assert (index == 2).all() and torch.equal(prediction, logits[2].argmax(1))
+
+
+def test_threshold_curve_spans_cheapest_to_full_compute():
+    logits = torch.randn(3, 100, 4)
+    labels = torch.randint(0, 4, (100,))
+    rows = threshold_curve(logits, labels, [1.0, 2.0, 5.0], thresholds=[0.0, 1.01])
+    assert rows[0]["mean_macs"] == 1.0 and rows[1]["mean_macs"] == 5.0
+    assert rows[1]["accuracy"] == pytest.approx(float(exit_accuracy(logits, labels)[-1]))
+    assert rows[0]["exit_0_share"] == 1.0
+
+
+def test_multi_exit_loss_is_the_mean_of_exit_losses_and_distils_without_touching_the_last_exit():
+    outputs = torch.randn(3, 8, 5, requires_grad=True)
+    labels = torch.randint(0, 5, (8,))
+    plain = MultiExitLoss()(outputs, {"y": labels})
+    expected = torch.stack([F.cross_entropy(outputs[t], labels) for t in range(3)]).mean()
+    assert torch.allclose(plain, expected)
+    distilled = MultiExitLoss(distill_weight=1.0, temperature=2.0)(outputs, {"y": labels})
+    (grad,) = torch.autograd.grad(distilled, outputs)
+    (ce_grad,) = torch.autograd.grad(F.cross_entropy(outputs[2], labels) / 3, outputs)
+    assert torch.allclose(grad[2], ce_grad[2], atol=1e-6)  # the teacher (last exit) is detached
+
+
+def test_calibration_error_and_accuracy_on_a_hand_made_example():
+    # two examples, one exit: confidences 0.8 (right) and 0.6 (wrong), in different bins of 10
+    probs = torch.tensor([[[0.8, 0.2], [0.6, 0.4]]])
+    logits = probs.log()
+    labels = torch.tensor([0, 1])
+    assert exit_accuracy(logits, labels).tolist() == [0.5]
+    assert calibration_error(logits, labels, bins=10).tolist() == pytest.approx([(0.2 + 0.6) / 2])
+    assert calibration_error(logits, labels, bins=1).tolist() == pytest.approx([abs(0.7 - 0.5)])
+
+
+def test_fit_trains_a_multi_exit_classifier_and_a_regressor():
+    torch.manual_seed(0)
+    x = torch.randn(64, 12)
+    y = (x[:, 0] > 0).long()
+    model = MultiExit(MLP((12, 16, 16, 2)), 2, example_input=x)
+    history = fit(model, Batches({"x": x, "y": y}, 16, shuffle=True), epochs=2, optimizer=torch.optim.Adam(model.parameters(), 1e-2), loss_fn=MultiExitLoss(distill_weight=0.5), progress=False)
+    assert len(history.epochs) == 2 and "train_acc" in history.last
+    assert exit_logits(model, x).shape == (2, 64, 2)
+    reg = MultiExit(ResidualMLP(1, 8, 3, 1), 1, example_input=torch.zeros(2, 1))
+    xr = torch.randn(64, 1)
+    history = fit(reg, Batches({"x": xr, "target": xr[:, 0] ** 2}, 16), epochs=2, optimizer=torch.optim.Adam(reg.parameters(), 1e-2), loss_fn=multi_exit_mse, progress=False)
+    assert len(history.epochs) == 2 and reg(xr).shape == (3, 64, 1)
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="exits"):
+        MultiExit(MLP((4, 8, 8, 2)), 2, example_input=torch.zeros(1, 4), exits=("hidden3",))
+    with pytest.raises(ValueError, match="exits"):
+        MultiExit(MLP((4, 8, 8, 2)), 2, example_input=torch.zeros(1, 4), exits=("hidden2", "hidden1"))
+    with pytest.raises(ValueError, match="backbone"):
+        MultiExit(torch.nn.Linear(4, 2), 2, example_input=torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="head_pool"):
+        MultiExit(MLP((4, 8, 2)), 2, example_input=torch.zeros(1, 4), head_pool=0)
+    model = mlp_exits()
+    with pytest.raises(ValueError, match="threshold"):
+        confidence_exit(torch.randn(3, 4, 5), [0.5, 0.5])
+    with pytest.raises(ValueError, match="threshold"):
+        early_exit_predict(model, torch.randn(4, 12), [0.5, 0.5])
+    with pytest.raises(ValueError, match="exit_index"):
+        model.forward_exit(torch.randn(2, 12), 3)
+    with pytest.raises(ValueError, match="exit_macs"):
+        threshold_curve(torch.randn(3, 4, 5), torch.zeros(4, dtype=torch.long), [1.0, 2.0])
+    with pytest.raises(ValueError, match="labels"):
+        exit_accuracy(torch.randn(3, 4, 5), torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="distill_weight"):
+        MultiExitLoss(distill_weight=1.5)
+    with pytest.raises(ValueError, match="depth"):
+        ResidualMLP(depth=0)
