@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdteach.data.batches import Batch, Batches
+from kdteach.distill import _check_logits as _check_logits_shape
 from kdteach.distill import autocast_context
 from kdteach.train import predict
 
@@ -46,13 +47,9 @@ __all__ = [
 
 
 def _check_logits(name: str, logits: torch.Tensor) -> None:
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"{name} must be a tensor of shape (N, classes), got {shape}")
+    _check_logits_shape(name, logits)  # (N, C) floating point
     if logits.shape[1] < 2:
         raise ValueError(f"{name} must have at least 2 classes, got {logits.shape[1]}")
-    if not logits.is_floating_point():
-        raise ValueError(f"{name} must be floating point, got {logits.dtype}")
 
 
 def _check_labels(labels: torch.Tensor, n: int, num_classes: int) -> None:

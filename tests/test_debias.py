@@ -406,3 +406,22 @@ def test_readout_and_weights_by_group():
     assert w[0]["weight_share"] == pytest.approx(0.4) and w[0]["upweighted"] == 0.5
     with pytest.raises(ValueError, match="groups"):
         weights_by_group(torch.ones(4), torch.tensor([0, 0, 1, 9]), 4)
+
+
+def test_plots_draw_one_panel_per_group_and_one_point_per_method():
+    import matplotlib.pyplot as plt
+
+    from kdteach.experiments.dedier import summarize
+    from kdteach.plots import plot_margin_histograms, plot_method_comparison
+
+    logits = torch.randn(40, 2)
+    fig = plot_margin_histograms(logits, torch.randint(0, 2, (40,)), torch.arange(40) % 4, ["a", "b", "c", "d"])
+    assert len(fig.axes) == 4
+    plt.close(fig)
+    rows = [{"dataset": "d", "method": m, "seed": s, "worst-group": 0.5 + 0.01 * s, "average (train-weighted)": 0.9}
+            for m in ("KD", "DeDiER") for s in range(3)]
+    fig = plot_method_comparison(summarize(rows))
+    assert len(fig.axes[0].containers) == 2  # one errorbar per method
+    plt.close(fig)
+    with pytest.raises(ValueError, match="same length"):
+        plot_margin_histograms(logits, torch.zeros(39, dtype=torch.long), torch.zeros(40, dtype=torch.long), ["a"])

@@ -2,3 +2,4 @@
 from kdteach.plots.soft_targets import *  # noqa: F401,F403
 from kdteach.plots.groups import *  # noqa: F401,F403
 from kdteach.plots.sets import *  # noqa: F401,F403
+from kdteach.plots.debias import *  # noqa: F401,F403
