@@ -6,7 +6,7 @@ NO_BROWSER ?=
 JUPYTER_FLAGS := $(if $(NO_BROWSER),--no-browser,)
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
-.PHONY: course test unit notebooks venv clean-notebooks
+.PHONY: course test unit notebooks venv clean-notebooks reference-outputs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ unit: $(VENV)/.dev
 notebooks: $(VENV)/.dev
 	KDTEACH_SMOKE=1 NBVAL_CHECK_OUTPUT=1 $(BIN)/python -m pytest -q --nbval-lax --nbval-cell-timeout=600 -p no:cacheprovider $(NOTEBOOKS)
 
-## Strip outputs before committing a notebook.
+## Strip outputs before committing; cells marked keep_output (nbval's NBVAL_CHECK_OUTPUT references) keep theirs.
 clean-notebooks: $(VENV)/.dev
-	$(BIN)/python -m kdteach.notebook_tools strip $(NOTEBOOKS)
+	$(BIN)/nbstripout $(NOTEBOOKS)
+
+## Re-execute the notebooks in smoke mode to refresh the stored references of NBVAL_CHECK_OUTPUT cells, then strip.
+reference-outputs: $(VENV)/.dev
+	KDTEACH_SMOKE=1 $(BIN)/jupyter nbconvert --to notebook --execute --inplace $(NOTEBOOKS)
+	$(BIN)/nbstripout $(NOTEBOOKS)

@@ -302,3 +302,27 @@ def logit_matching_gap(temperatures: list[float], *, num_classes: int = 10, n: i
         gap = ((exact - limit).norm(dim=1) / limit.norm(dim=1)).mean().item()
         rows.append({"T": float(t), "relative gap": round(gap, 4)})
     return rows
+
+
+def mean_soft_targets(logits: torch.Tensor, labels: torch.Tensor, temperature: float, *, num_classes: int | None = None) -> torch.Tensor:
+    """The average soft target of each true class: row c is the mean of softmax(logits / T) over examples of class c.
+
+    Its off-diagonal entries are the "dark knowledge": which wrong classes the teacher thinks a 2 resembles.
+
+    Args:
+        logits: (N, C) teacher logits.
+        labels: (N,) true classes.
+        temperature: T > 0.
+        num_classes: C (default logits.shape[1]).
+
+    Returns:
+        (C, C) matrix; rows of classes with no example are NaN.
+    """
+    _check_logits("logits", logits)
+    if labels.shape != (logits.shape[0],):
+        raise ValueError(f"labels must have shape ({logits.shape[0]},), got {tuple(labels.shape)}")
+    num_classes = num_classes or logits.shape[1]
+    probs = softmax_t(logits, temperature)
+    sums = torch.zeros(num_classes, logits.shape[1], device=logits.device).index_add_(0, labels, probs)
+    counts = torch.bincount(labels, minlength=num_classes).float()[:, None]
+    return sums / counts

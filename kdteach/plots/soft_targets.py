@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 from kdteach.distill import softmax_t
 
-__all__ = ["plot_soft_targets", "plot_learning_curves", "plot_temperature_sweep"]
+__all__ = ["plot_soft_targets", "plot_learning_curves", "plot_temperature_sweep", "plot_dark_knowledge"]
 
 
 def plot_soft_targets(image: torch.Tensor, logits: torch.Tensor, temperature: float, *, label: int | None = None) -> Figure:
@@ -85,5 +85,31 @@ def plot_temperature_sweep(rows: Sequence[Mapping[str, float]]) -> Figure:
     ax.set_ylabel("test errors")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_dark_knowledge(matrix: torch.Tensor, temperature: float) -> Figure:
+    """Heat map of mean soft targets per true class (kd.distill.mean_soft_targets), diagonal hidden.
+
+    Hiding the diagonal leaves only the off-target mass, so the colour scale shows which classes look alike.
+
+    Args:
+        matrix: (C, C) mean soft targets.
+        temperature: the T they were computed at (for the title).
+
+    Returns:
+        The figure.
+    """
+    off = matrix.detach().cpu().clone()
+    off.fill_diagonal_(float("nan"))
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    image = ax.imshow(off, cmap="viridis")
+    ax.set_xticks(range(off.shape[1]))
+    ax.set_yticks(range(off.shape[0]))
+    ax.set_xlabel("class the teacher gives probability to")
+    ax.set_ylabel("true class")
+    ax.set_title(f"Off-target soft targets at T = {temperature:g}")
+    fig.colorbar(image, ax=ax, shrink=0.8)
     fig.tight_layout()
     return fig
