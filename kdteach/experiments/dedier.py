@@ -68,7 +68,10 @@ class DeDiERConfig:
         waterbirds_sizes, digits_sizes: (train, val, test) sizes; None is the whole split.
         image_size: side of waterbirds_like's images.
         teacher_depth, teacher_width, student_depth, student_width: CIFAR ResNets (depth 6n + 2).
-        teacher_epochs, teacher_lr: the teacher, trained with Group DRO as in the paper (debiased teacher).
+        teacher_epochs, teacher_lr: the teacher, trained on group-balanced batches (a debiased teacher; the paper
+            used Group DRO).
+        reuse_notebook02_teacher: on waterbirds_like, use notebook 02's debiased teacher and its splits (full mode;
+            the smoke configuration trains its own small teacher, which is faster than notebook 02's smoke one).
         epochs, batch_size, lr, weight_decay: every student (AdamW).
         temperature, soft_weight: KD and DeDiER's loss (the paper: T = 3, pure soft targets).
         readout_stage, readout_head, readout_epochs, readout_lr, readout_batch_size: the early readout (the paper:
@@ -90,6 +93,7 @@ class DeDiERConfig:
     teacher_width: int = 32
     teacher_epochs: int = 30
     teacher_lr: float = 1e-3
+    reuse_notebook02_teacher: bool = True
     student_depth: int = 8
     student_width: int = 16
     epochs: int = 20
@@ -121,7 +125,7 @@ class DeDiERConfig:
 
 SMOKE_CONFIG = DeDiERConfig(
     waterbirds_sizes=(600, 300, 400), digits_sizes=(600, 300, 400), image_size=16,
-    teacher_depth=8, teacher_width=16, teacher_epochs=4, student_depth=8, student_width=8, epochs=3,
+    teacher_depth=8, teacher_width=16, teacher_epochs=4, reuse_notebook02_teacher=False, student_depth=8, student_width=8, epochs=3,
     lr=3e-3, readout_batch_size=32, jtt_epochs=1, dro_step_size=0.05, seeds=(0,), sweep_settings=((0.05, 2.0), (1.0, 4.0)),
     margins=(0.0, 0.5),
 )
@@ -240,10 +244,11 @@ def _optimizer(model: nn.Module, cfg: DeDiERConfig, lr: float | None = None) -> 
 
 
 def train_teacher(dataset: str, cfg: DeDiERConfig, train: GroupedData, val: GroupedData, device: torch.device, *, progress: bool = True) -> nn.Module:
-    """Trains (or reloads from the cache) the teacher with Group DRO, selected on validation worst-group accuracy.
+    """Trains (or reloads from the cache) a debiased teacher: group-balanced batches, selected on validation.
 
-    The paper distils from Group DRO teachers: debiased teachers, so that what the student loses is the student's
-    own doing.
+    The paper distils from Group DRO teachers: debiased, so that what the student loses is the student's own doing.
+    Here the teacher sees group-balanced batches (every group equally often), as notebook 02's debiased teacher
+    does, so that notebook 03 can reuse notebook 02's teacher (see prepare).
 
     Args:
         dataset: the dataset's name (part of the cache key).
@@ -261,12 +266,26 @@ def train_teacher(dataset: str, cfg: DeDiERConfig, train: GroupedData, val: Grou
     if path.exists():
         model.load_state_dict(load_checkpoint(path, map_location=device))
         return model.eval()
-    batches = train.batches(cfg.batch_size, device=device, shuffle=True, seed=0)
+    batches = train.batches(cfg.batch_size, device=device, balanced=True, seed=0)
     fit(model, batches, epochs=cfg.teacher_epochs, optimizer=_optimizer(model, cfg, cfg.teacher_lr),
-        loss_fn=GroupDROLoss(train.num_groups, step_size=cfg.dro_step_size), metrics=_val_metrics(val, device, 512),
-        select=cfg.select, progress=progress, desc=f"teacher ({dataset})")
+        metrics=_val_metrics(val, device, 512), select=cfg.select, progress=progress, desc=f"teacher ({dataset})")
     save_atomic(model.state_dict(), path)
     return model.eval()
+
+
+def _notebook02_teacher(cfg: DeDiERConfig, device: torch.device, *, progress: bool) -> tuple[nn.Module, tuple[GroupedData, ...]] | None:
+    # Notebook 02's group-balanced teacher (seed 0) and its splits, trained there or here and cached either way.
+    # Its full configuration is the same data (waterbirds_like, 4795 / 1199 / 5794 at 32 pixels) and a ResNet-20.
+    try:
+        from kdteach.experiments import spurious
+
+        spurious_cfg = spurious.config("full")
+        splits = spurious.load_splits(spurious_cfg)
+        teacher, _ = spurious.train_or_load_teacher(spurious_cfg, "balanced", 0, splits=splits, device=device, progress=progress)
+    except (ImportError, AttributeError, TypeError) as error:  # notebook 02's module missing or changed
+        print(f"kdteach: notebook 02's teacher is not available ({error}); training notebook 03's own teacher")
+        return None
+    return teacher.eval(), (splits["train"], splits["val"], splits["test"])
 
 
 def prepare(dataset: str, cfg: DeDiERConfig, device: torch.device | str, *, root: str | Path | None = None, progress: bool = True) -> Prepared:
@@ -283,8 +302,12 @@ def prepare(dataset: str, cfg: DeDiERConfig, device: torch.device | str, *, root
         Prepared.
     """
     device = torch.device(device)
-    train, val, test = load_splits(dataset, cfg, root=root)
-    teacher = train_teacher(dataset, cfg, train, val, device, progress=progress)
+    reused = _notebook02_teacher(cfg, device, progress=progress) if dataset == "waterbirds_like" and cfg.reuse_notebook02_teacher else None
+    if reused is not None:
+        teacher, (train, val, test) = reused
+    else:
+        train, val, test = load_splits(dataset, cfg, root=root)
+        teacher = train_teacher(dataset, cfg, train, val, device, progress=progress)
     ordered = train.batches(512, device=device)
     return Prepared(
         name=dataset, train=train, val=val, test=test, teacher=teacher,
