@@ -435,6 +435,7 @@ def fit_avcs_thresholds(
     step: float = 0.25,
     num_parallel: int = 1,
     seed: int = 0,
+    draws: int = 1,
 ) -> torch.Tensor:
     """Chooses AVCS's thresholds tau_t on a calibration split: as large as possible while >= 1 - alpha of the
     calibration examples keep their label in the (running-intersection) set at every exit.
@@ -453,6 +454,9 @@ def fit_avcs_thresholds(
         step: the grid spacing (> 0).
         num_parallel: as in avcs_sets.
         seed: seed of the calibration draws.
+        draws: independent Dirichlet draws per candidate whose coverages are averaged. With 1 (the paper's
+            procedure) the search can tune the thresholds to the particulars of one draw, and coverage on fresh
+            draws comes out lower; a few draws make the calibration coverage an estimate of the expected one.
 
     Returns:
         (exits,) float64 thresholds. If even `start` everywhere leaves coverage below 1 - alpha, returns `start`
@@ -467,12 +471,18 @@ def fit_avcs_thresholds(
         raise ValueError(f"start must be > 0, got {start}")
     if not step > 0:
         raise ValueError(f"step must be > 0, got {step}")
+    if not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"draws must be an int >= 1, got {draws!r}")
     labels = calib_labels.to(calib_logits.device)
     exits = calib_logits.shape[0]
 
     def covered_everywhere(taus: torch.Tensor) -> float:
-        sets = avcs_sets(calib_logits, taus, alpha, generator=torch.Generator().manual_seed(seed), num_parallel=num_parallel)
-        return float(coverage(sets[-1], labels))  # nested sets: the last exit's coverage is the all-exit coverage
+        generator = torch.Generator().manual_seed(seed)
+        total = 0.0
+        for _ in range(draws):
+            sets = avcs_sets(calib_logits, taus, alpha, generator=generator, num_parallel=num_parallel)
+            total += float(coverage(sets[-1], labels))  # nested sets: the last exit's coverage is the all-exit one
+        return total / draws
 
     taus = torch.full((exits,), float(start), dtype=torch.float64)
     if covered_everywhere(taus) < 1 - alpha:

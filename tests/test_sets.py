@@ -368,5 +368,7 @@ def test_shape_mismatches_and_wrong_thresholds_are_refused():
         S.avcs_quadratic_intervals(torch.zeros(2, 3), torch.zeros(2, 4), torch.zeros(2, 3), [1.0, 1.0], 0.1)
     with pytest.raises(ValueError, match="noise_var"):
         S.avcs_intervals(torch.zeros(2, 3), torch.ones(2, 3), [1.0, 1.0, 1.0], 0.1, generator=torch.Generator())
+    with pytest.raises(ValueError, match="draws"):
+        S.fit_avcs_thresholds(logits, labels, 0.1, draws=0)
     with pytest.raises(ValueError, match="targets"):
         S.fit_bayesian_linear_regression(torch.zeros(5, 2), torch.zeros(4))

@@ -239,3 +239,45 @@ def run(mode: str = "full", out: str | Path = "runs/exits", seed: int = 0, progr
     write_report(out, "exits", rows=rows, meta=meta, figures={"accuracy_vs_compute": figure}, title="Multi-exit ResNet: accuracy and compute per exit")
     print(markdown_table(rows))
     return rows
+
+
+def exit_findings(reports: dict[str, dict[str, Any]], *, smoke: bool = False, tolerance: float = 0.005) -> list[str]:
+    """Sentences about the per-exit numbers, written from them (never asserted in advance).
+
+    Args:
+        reports: model name -> exit_report(...); the first is the reference model, the second (if any) a variant.
+        smoke: add the caveat that smoke-mode numbers are noisy.
+        tolerance: accuracy gap (fraction) within which the threshold policy counts as matching the last exit.
+
+    Returns:
+        A list of sentences.
+    """
+    names = list(reports)
+    ref = reports[names[0]]
+    acc, ece, macs = ref["accuracy"], ref["ece"], [c["macs"] for c in ref["costs"]]
+    last = len(acc) - 1
+    lines = [
+        f"{names[0]}: exit 1 needs {macs[0] / macs[-1]:.1%} of the last exit's multiply-accumulates and is right on "
+        f"{float(acc[0]):.1%} of the test digits; the last exit on {float(acc[-1]):.1%}."
+    ]
+    best = int(acc.argmax())
+    if best != last:
+        lines.append(f"The most accurate exit is exit {best + 1} ({float(acc[best]):.1%}), not the last one ({float(acc[-1]):.1%}): deeper is not always better here.")
+    else:
+        lines.append(f"The last exit is the most accurate ({float(acc[-1]):.1%}).")
+    worst = int(ece.argmax())
+    lines.append(f"Calibration differs by exit: ECE ranges from {float(ece.min()):.1%} to {float(ece.max()):.1%} (worst: exit {worst + 1}).")
+    matching = [row for row in ref["curve"] if row["accuracy"] >= float(acc[-1]) - tolerance]
+    if matching:
+        cheapest = min(matching, key=lambda row: row["mean_macs"])
+        lines.append(
+            f"The confidence-threshold policy at threshold {cheapest['threshold']:.2f} is within {100 * tolerance:.1f} points of the "
+            f"last exit ({cheapest['accuracy']:.1%}) at {cheapest['mean_macs'] / macs[-1]:.0%} of its compute on average."
+        )
+    if len(names) > 1:
+        other = reports[names[1]]["accuracy"]
+        changes = ", ".join(f"exit {t + 1} {100 * float(other[t] - acc[t]):+.1f}" for t in range(len(acc)))
+        lines.append(f"{names[1]} vs {names[0]}, accuracy change in points: {changes}.")
+    if smoke:
+        lines.append("Smoke mode: a small training set, few epochs and one seed; differences of a point or two are noise. Full mode gives the numbers to read.")
+    return lines
