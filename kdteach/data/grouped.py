@@ -242,14 +242,15 @@ _WATERBIRDS_SPLIT_SIZES = {"train": 4795, "val": 1199, "test": 5794}
 _WATERBIRD_SHARE = (WATERBIRDS_TRAIN_GROUP_COUNTS[2] + WATERBIRDS_TRAIN_GROUP_COUNTS[3]) / sum(WATERBIRDS_TRAIN_GROUP_COUNTS)
 
 # The difficulty of the stand-in, chosen so that ERM of a small CNN reaches a high average but a clearly lower
-# worst-group accuracy (tests/test_grouped_data.py checks this). The label is the number of lobes of a star-shaped
-# blob (3 for landbirds, 4 for waterbirds): a shape cue that needs spatial reasoning. The background is a colour
-# and a texture (green-brown blotches for land, blue horizontal waves for water): a cue one pixel nearly gives away.
+# worst-group accuracy (tests/test_grouped_data.py checks this). The label is the pose of an elliptical bird:
+# landbirds stand (tall), waterbirds swim (long), each tilted at random. Telling them apart needs the object's
+# outline, found against a textured background. The background itself (green-brown blotches for land, blue
+# horizontal waves for water) is a colour that a single pixel nearly gives away: the easy cue.
 WATERBIRDS_LIKE_DIFFICULTY = {
-    "lobes": (3, 4),  # lobes of the landbird and the waterbird shape
-    "lobe_depth": 0.35,  # how deep the lobes are cut, relative to the radius (smaller: the shapes look more alike)
-    "radius": (0.28, 0.42),  # object radius as a fraction of the half-width of the image, drawn uniformly
-    "max_offset": 0.35,  # largest shift of the object's centre from the image centre, same units
+    "aspect": 2.2,  # long axis / short axis of the bird (closer to 1: the two poses look more alike)
+    "tilt": 30.0,  # largest random tilt away from the class's pose, in degrees (45 makes the classes touch)
+    "radius": (0.4, 0.6),  # half the long axis, as a fraction of the image's half-width, drawn uniformly
+    "max_offset": 0.35,  # largest shift of the bird's centre from the image centre, same units
     "noise": 0.06,  # std of Gaussian pixel noise, in [0, 1] intensity units
 }
 
@@ -273,50 +274,56 @@ def _uniform(shape: Sequence[int], low: float, high: float, generator: torch.Gen
     return low + (high - low) * torch.rand(*shape, generator=generator)
 
 
+def _land_texture(n: int, xx: torch.Tensor, yy: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    # A sum of three random plane waves of low frequency: soft blotches, (n, S, S) in [-1, 1].
+    angles = _uniform((n, 3, 1, 1), 0, np.pi, generator)
+    freqs = _uniform((n, 3, 1, 1), 1.5, 3.5, generator)
+    phases = _uniform((n, 3, 1, 1), 0, 2 * np.pi, generator)
+    proj = torch.cos(angles) * xx + torch.sin(angles) * yy
+    return torch.sin(np.pi * freqs * proj + phases).mean(dim=1)
+
+
+def _water_texture(n: int, xx: torch.Tensor, yy: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    # Horizontal waves that wobble a little along x, (n, S, S) in [-1, 1].
+    freq = _uniform((n, 1, 1), 4.0, 7.0, generator)
+    wobble = 0.15 * torch.sin(np.pi * _uniform((n, 1, 1), 1, 3, generator) * xx + _uniform((n, 1, 1), 0, 2 * np.pi, generator))
+    return torch.sin(np.pi * freq * (yy + wobble) + _uniform((n, 1, 1), 0, 2 * np.pi, generator))
+
+
 def _draw_backgrounds(water: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
     """Land (green-brown blotches) or water (blue horizontal waves) backgrounds, (N, 3, S, S) floats in [0, 1]."""
     n = len(water)
     coords = torch.linspace(-1, 1, size)
-    yy, xx = coords[None, :, None], coords[None, None, :]  # (1, S, 1), (1, 1, S)
-    # Land: a sum of three random plane waves of low frequency gives soft blotches.
-    angles = _uniform((n, 3, 1, 1), 0, np.pi, generator)
-    freqs = _uniform((n, 3, 1, 1), 1.5, 3.5, generator)
-    phases = _uniform((n, 3, 1, 1), 0, 2 * np.pi, generator)
-    proj = torch.cos(angles) * xx[:, None] + torch.sin(angles) * yy[:, None]
-    blotches = torch.sin(np.pi * freqs * proj + phases).mean(dim=1)  # (N, S, S) in [-1, 1]
-    # Water: horizontal waves, slightly wobbling along x.
-    wave_freq = _uniform((n, 1, 1), 4.0, 7.0, generator)
-    wobble = 0.15 * torch.sin(np.pi * _uniform((n, 1, 1), 1, 3, generator) * xx + _uniform((n, 1, 1), 0, 6.3, generator))
-    waves = torch.sin(np.pi * wave_freq * (yy + wobble) + _uniform((n, 1, 1), 0, 6.3, generator))
-    texture = torch.where(water[:, None, None], waves, blotches)  # (N, S, S)
+    yy, xx = coords[:, None], coords[None, :]  # (S, 1), (1, S)
+    texture = torch.empty(n, size, size)
+    texture[~water] = _land_texture(int((~water).sum()), xx, yy, generator)
+    texture[water] = _water_texture(int(water.sum()), xx, yy, generator)
     mix = (0.5 + 0.5 * texture)[:, None]  # (N, 1, S, S): 0 -> first colour, 1 -> second colour
     land_a, land_b = torch.tensor([0.25, 0.45, 0.15]), torch.tensor([0.50, 0.38, 0.20])  # grass, earth
     water_a, water_b = torch.tensor([0.10, 0.25, 0.55]), torch.tensor([0.35, 0.60, 0.85])  # deep, light
     first = torch.where(water[:, None], water_a, land_a)[:, :, None, None]
     second = torch.where(water[:, None], water_b, land_b)[:, :, None, None]
     brightness = _uniform((n, 1, 1, 1), 0.75, 1.25, generator)  # lighting varies image to image
-    return ((1 - mix) * first + mix * second) * brightness
+    return torch.lerp(first, second, mix) * brightness
 
 
-def _draw_objects(waterbird: torch.Tensor, size: int, generator: torch.Generator, difficulty: Mapping[str, object]) -> torch.Tensor:
-    """Soft masks (N, 1, S, S) of star-shaped blobs whose number of lobes is set by the label."""
+def _draw_objects(waterbird: torch.Tensor, size: int, generator: torch.Generator, difficulty: Mapping[str, float]) -> torch.Tensor:
+    """Soft masks (N, 1, S, S) of ellipses: tall for landbirds, long for waterbirds, tilted at random."""
     n = len(waterbird)
     coords = torch.linspace(-1, 1, size)
     yy, xx = coords[None, :, None], coords[None, None, :]
-    max_offset = float(difficulty["max_offset"])
-    low, high = difficulty["radius"]
-    centre_x = _uniform((n, 1, 1), -max_offset, max_offset, generator)
-    centre_y = _uniform((n, 1, 1), -max_offset, max_offset, generator)
-    radius = _uniform((n, 1, 1), float(low), float(high), generator)
-    rotation = _uniform((n, 1, 1), 0, 2 * np.pi, generator)
-    lobes = torch.where(waterbird, float(difficulty["lobes"][1]), float(difficulty["lobes"][0]))[:, None, None]
+    offset, (low, high) = float(difficulty["max_offset"]), difficulty["radius"]
+    centre_x, centre_y = _uniform((n, 1, 1), -offset, offset, generator), _uniform((n, 1, 1), -offset, offset, generator)
+    long_axis = _uniform((n, 1, 1), float(low), float(high), generator)
+    short_axis = long_axis / float(difficulty["aspect"])
+    tilt = np.deg2rad(float(difficulty["tilt"]))
+    angle = torch.where(waterbird, 0.0, np.pi / 2)[:, None, None] + _uniform((n, 1, 1), -tilt, tilt, generator)
     dx, dy = xx - centre_x, yy - centre_y
-    r = torch.sqrt(dx**2 + dy**2)
-    theta = torch.atan2(dy, dx) + rotation
-    # The boundary radius wobbles with the angle: `lobes` bumps around the circle.
-    boundary = radius * (1 + float(difficulty["lobe_depth"]) * torch.cos(lobes * theta))
-    edge = 1.0 / size  # about half a pixel of anti-aliasing
-    return torch.sigmoid((boundary - r) / edge)[:, None]
+    along = dx * torch.cos(angle) + dy * torch.sin(angle)  # coordinate along the long axis
+    across = -dx * torch.sin(angle) + dy * torch.cos(angle)
+    distance = torch.sqrt((along / long_axis) ** 2 + (across / short_axis) ** 2)  # 1 on the outline
+    edge = 2.0 / size  # about one pixel of anti-aliasing, measured along the short axis
+    return torch.sigmoid((1 - distance) * short_axis / edge)[:, None]
 
 
 def waterbirds_like(
@@ -326,12 +333,12 @@ def waterbirds_like(
     image_size: int = 32,
     p_corr: float = 0.95,
     seed: int = 0,
-    difficulty: Mapping[str, object] | None = None,
+    difficulty: Mapping[str, float] | None = None,
 ) -> GroupedData:
     """A Waterbirds-like stand-in: the object's shape decides the label, the background is the spurious cue.
 
-    Label 0 "landbird" is a 3-lobed blob, label 1 "waterbird" a 4-lobed blob, each at a random position, size,
-    rotation and colour. Attribute 0 is a land background (green-brown blotches), 1 a water background (blue waves).
+    Label 0 "landbird" is a tall ellipse (it stands), label 1 "waterbird" a long one (it swims), each tilted by up to
+    30 degrees, at a random position, size and colour. Attribute 0 is a land background (green-brown blotches), 1 a water background (blue waves).
     In training the background agrees with the label with probability p_corr; in validation and test it agrees
     half the time (balanced within each class). Class sizes follow Waterbirds (23% waterbirds) in every split.
 

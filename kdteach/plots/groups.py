@@ -1,2 +1,98 @@
-"""(in progress)"""
-__all__: list[str] = []
+"""Figures of notebook 02: example images per group, per-group accuracy over seeds, linear probes per stage."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+__all__ = ["plot_group_grid", "plot_group_accuracies", "plot_probes"]
+
+
+def plot_group_grid(data, per_group: int = 8, *, seed: int = 0) -> Figure:
+    """A row of example images for each group, labelled with the group's name and size.
+
+    Args:
+        data: a kdteach.data.GroupedData.
+        per_group: images per row.
+        seed: which examples are drawn.
+
+    Returns:
+        The figure.
+    """
+    if per_group < 1:
+        raise ValueError(f"per_group must be >= 1, got {per_group}")
+    counts = data.group_counts()
+    generator = torch.Generator().manual_seed(seed)
+    fig, axes = plt.subplots(data.num_groups, per_group, figsize=(1.1 * per_group + 1.6, 1.15 * data.num_groups), squeeze=False)
+    for g, row in enumerate(axes):
+        members = torch.nonzero(data.groups == g).flatten()
+        chosen = members[torch.randperm(len(members), generator=generator)[:per_group]]
+        for ax, i in zip(row, list(chosen) + [None] * per_group):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i is not None:
+                image = data.images[i].permute(1, 2, 0).numpy()
+                ax.imshow(image[..., 0] if image.shape[2] == 1 else image, cmap="gray" if image.shape[2] == 1 else None)
+            else:
+                ax.set_axis_off()
+        row[0].set_ylabel(f"{data.group_names[g]}\n(n={counts[g]})", rotation=0, ha="right", va="center", fontsize=9)
+    fig.suptitle(data.name)
+    fig.tight_layout()
+    return fig
+
+
+def plot_group_accuracies(rows: Sequence[Mapping[str, float | str]], group_names: Sequence[str], *, extra: Sequence[str] = ("worst-group",)) -> Figure:
+    """Bars of each model's per-group test accuracy, mean over seeds, with the seed-to-seed std as error bars.
+
+    Args:
+        rows: one row per (model, seed) with "model" and a value per group (kdteach.experiments.spurious.run_seed).
+        group_names: the group columns to plot.
+        extra: more columns to plot after the groups (e.g. "worst-group").
+
+    Returns:
+        The figure.
+    """
+    if not rows:
+        raise ValueError("rows is empty")
+    columns = list(group_names) + list(extra)
+    models = list(dict.fromkeys(str(row["model"]) for row in rows))
+    fig, ax = plt.subplots(figsize=(1.6 * len(columns) + 2, 3.6))
+    width = 0.8 / len(models)
+    for m, model in enumerate(models):
+        values = np.array([[float(row[c]) for c in columns] for row in rows if row["model"] == model]) * 100
+        std = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(len(columns))
+        ax.bar(np.arange(len(columns)) + (m - (len(models) - 1) / 2) * width, values.mean(axis=0), width, yerr=std, capsize=2, label=model)
+    ax.set_xticks(np.arange(len(columns)), columns, rotation=15)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(fontsize=8, loc="lower left", ncol=2)
+    ax.set_title("accuracy per group, mean ± std over seeds")
+    fig.tight_layout()
+    return fig
+
+
+def plot_probes(probes: Mapping[str, Sequence[Mapping[str, float | str]]]) -> Figure:
+    """Linear-probe balanced accuracy per stage, for the label and for the spurious attribute, one line per model.
+
+    Args:
+        probes: model name -> rows {"stage", "label", "spurious"} (kdteach.experiments.spurious.probe_stages).
+
+    Returns:
+        The figure (two panels: label, spurious attribute).
+    """
+    if not probes:
+        raise ValueError("probes is empty")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
+    for ax, target, title in zip(axes, ("label", "spurious"), ("label (the bird)", "spurious attribute (the background)")):
+        for name, rows in probes.items():
+            ax.plot([str(r["stage"]) for r in rows], [100 * float(r[target]) for r in rows], marker="o", label=name)
+        ax.axhline(50, color="grey", lw=0.8, ls="--")
+        ax.set_title(f"linear probe for the {title}")
+        ax.set_xlabel("stage")
+    axes[0].set_ylabel("balanced accuracy (%)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
