@@ -48,6 +48,7 @@ __all__ = [
     "empty_rate",
     "class_conditional_coverage",
     "nestedness",
+    "non_nested_examples",
     "set_metrics",
     # regression
     "BayesianLinearRegression",
@@ -578,6 +579,22 @@ def nestedness(sets: torch.Tensor) -> torch.Tensor:
     size = sets.double().sum(dim=-1)
     kept = running_intersection(sets).double().sum(dim=-1)
     return torch.where(size > 0, kept / size.clamp(min=1), torch.ones_like(size)).mean(dim=-1)
+
+
+def non_nested_examples(sets: torch.Tensor) -> torch.Tensor:
+    """Which examples see a label come back: in C_t although an earlier exit had ruled it out.
+
+    Args:
+        sets: (exits, N, C) bool.
+
+    Returns:
+        (N,) bool.
+    """
+    _check_sets("sets", sets)
+    if sets.dim() != 3:
+        raise ValueError(f"sets must have shape (exits, N, C), got {tuple(sets.shape)}")
+    ruled_out_before = ~running_intersection(sets)[:-1]
+    return (sets[1:] & ruled_out_before).any(dim=-1).any(dim=0)
 
 
 def set_metrics(sets: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:

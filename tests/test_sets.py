@@ -224,6 +224,20 @@ def test_metrics_on_a_hand_made_example():
     assert S.set_metrics(sets, labels)["all_exit_coverage"].tolist() == pytest.approx([2 / 3, 2 / 3])
 
 
+def test_non_nested_examples_flags_labels_that_come_back():
+    sets = torch.tensor(
+        [
+            [[1, 1, 0], [1, 0, 0], [1, 1, 1]],
+            [[1, 0, 0], [1, 1, 0], [1, 1, 0]],
+            [[1, 0, 0], [0, 0, 0], [1, 1, 1]],
+        ],
+        dtype=torch.bool,
+    )
+    # example 0 shrinks (nested); example 1 gains label 1 at exit 2; example 2 loses label 2, regains it at exit 3
+    assert S.non_nested_examples(sets).tolist() == [False, True, True]
+    assert not S.non_nested_examples(S.running_intersection(sets)).any()
+
+
 def test_class_conditional_coverage_is_nan_for_absent_classes():
     sets = torch.ones(4, 3, dtype=torch.bool)
     result = S.class_conditional_coverage(sets, torch.tensor([0, 0, 1, 1]))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,10 +262,14 @@ def exit_findings(reports: dict[str, dict[str, Any]], *, smoke: bool = False, to
         f"{float(acc[0]):.1%} of the test digits; the last exit on {float(acc[-1]):.1%}."
     ]
     best = int(acc.argmax())
-    if best != last:
-        lines.append(f"The most accurate exit is exit {best + 1} ({float(acc[best]):.1%}), not the last one ({float(acc[-1]):.1%}): deeper is not always better here.")
-    else:
+    n = ref["logits"].shape[1]
+    noise = 2 * math.sqrt(max(float(acc[-1]) * (1 - float(acc[-1])), 1e-12) / n)  # two binomial standard errors
+    if best == last:
         lines.append(f"The last exit is the most accurate ({float(acc[-1]):.1%}).")
+    elif float(acc[best] - acc[-1]) > noise:
+        lines.append(f"Exit {best + 1} ({float(acc[best]):.1%}) beats the last exit ({float(acc[-1]):.1%}) by more than two standard errors ({noise:.1%}): deeper is not always better here.")
+    else:
+        lines.append(f"Exit {best + 1} scores {float(acc[best]):.1%} and the last exit {float(acc[-1]):.1%}: a gap within two standard errors of the test set ({noise:.1%}), so no exit after exit {best + 1} is clearly better.")
     worst = int(ece.argmax())
     lines.append(f"Calibration differs by exit: ECE ranges from {float(ece.min()):.1%} to {float(ece.max()):.1%} (worst: exit {worst + 1}).")
     matching = [row for row in ref["curve"] if row["accuracy"] >= float(acc[-1]) - tolerance]

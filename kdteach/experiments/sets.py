@@ -36,6 +36,7 @@ from kdteach.sets import (
     avcs_sets,
     class_conditional_coverage,
     conformal_sets,
+    coverage,
     credible_intervals,
     fit_avcs_thresholds,
     fit_bayesian_linear_regression,
@@ -120,7 +121,9 @@ def compare_sets(
 
     Returns:
         {"sets": {method: (exits, n_eval, C) bool}, "labels": (n_eval,), "thresholds": {"LAC", "RAPS", "AVCS":
-        (exits,)}, "metrics": {method: set_metrics(...) plus "worst_class_coverage"}}.
+        (exits,)}, "metrics": {method: set_metrics(...) plus "worst_class_coverage"}}; metrics["AVCS"] also holds
+        "floor_calibration_coverage": per exit, the calibration split's coverage with every tau = 1, the most any
+        threshold search can reach.
     """
     calib, evaluation = calibration_split(len(labels), calib_fraction, seed=seed)
     cal_logits, cal_labels = exit_logits[:, calib], labels[calib]
@@ -137,11 +140,15 @@ def compare_sets(
     sets["RAPS ∩"] = running_intersection(sets["RAPS"])
     # A different seed from the calibration draws: the evaluation sets must not reuse the draws the thresholds saw.
     sets["AVCS"] = avcs_sets(eval_logits, thresholds["AVCS"], alpha, generator=torch.Generator().manual_seed(seed + 10_000), num_parallel=num_parallel)
+    # AVCS at its smallest thresholds (tau = 1 everywhere) on the calibration split: no threshold search can do better
+    # than this, since a true label whose logit is below 1 at some exit is out for good. One draw.
+    floor_sets = avcs_sets(cal_logits, torch.ones(exit_logits.shape[0]), alpha, generator=torch.Generator().manual_seed(seed), num_parallel=num_parallel)
     metrics = {}
     for method, s in sets.items():
         metrics[method] = set_metrics(s, eval_labels)
         per_class = class_conditional_coverage(s, eval_labels)
         metrics[method]["worst_class_coverage"] = per_class.nan_to_num(nan=math.inf).min(dim=-1).values
+    metrics["AVCS"]["floor_calibration_coverage"] = coverage(floor_sets, cal_labels)
     return {"sets": sets, "labels": eval_labels, "thresholds": thresholds, "metrics": metrics}
 
 
@@ -176,6 +183,20 @@ def repeated_comparison(
             summary[method][metric] = values.mean(dim=0)
             summary[method][metric + "_std"] = values.std(dim=0) if splits > 1 else torch.zeros_like(values[0])
     return summary
+
+
+def per_exit_rows(summary: dict[str, dict[str, torch.Tensor]], metric: str) -> list[dict[str, Any]]:
+    """One metric per exit, one column per method.
+
+    Args:
+        summary: method -> {metric: (exits,)} (compare_sets(...)["metrics"] or repeated_comparison(...)).
+        metric: e.g. "coverage", "size", "empty_rate", "nestedness".
+
+    Returns:
+        Rows for markdown_table: {"exit": t, method: value, ...}.
+    """
+    exits = len(next(iter(summary.values()))[metric])
+    return [{"exit": t + 1, **{method: float(m[metric][t]) for method, m in summary.items()}} for t in range(exits)]
 
 
 def summary_rows(summary: dict[str, dict[str, torch.Tensor]]) -> list[dict[str, Any]]:
@@ -477,6 +498,15 @@ def classification_findings(summary: dict[str, dict[str, torch.Tensor]], *, alph
         f"AVCS: smallest N(t) {float(avcs['nestedness'].min()):.3f}; coverage between {low:.1%} and {high:.1%} over exits, "
         f"{closeness} the target {target:.0%} (within {near:.0%} counts as near); {float(avcs['all_exit_coverage'][-1]):.1%} of examples are covered at every exit."
     )
+    if "floor_calibration_coverage" in avcs:
+        floor = float(avcs["floor_calibration_coverage"][-1])
+        lines.append(
+            f"With its smallest thresholds (tau = 1 at every exit) AVCS keeps {floor:.1%} of calibration labels at every exit "
+            + ("(mean over splits): below the target, so here the network's logits, not the threshold search, cap the coverage AVCS can reach."
+               if floor < target else
+               "(mean over splits): just above the target, so the search had little room to raise the thresholds."
+               if floor < target + near else "(mean over splits), so the search had room to raise the thresholds.")
+        )
     size_avcs, size_raps, size_inter = (float(summary[m]["size"].mean()) for m in ("AVCS", "RAPS", "RAPS ∩"))
     comparison = "larger" if size_avcs > size_raps else "not larger"
     lines.append(

@@ -7,6 +7,7 @@ from typing import Any, Mapping, Sequence
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "plot_accuracy_vs_compute",
@@ -16,7 +17,7 @@ __all__ = [
     "plot_wiggle_intervals",
 ]
 
-METRIC_TITLES = {"coverage": "coverage", "size": "mean set size", "empty_rate": "empty rate", "nestedness": "nestedness N(t)"}
+METRIC_TITLES = {"coverage": "coverage", "size": "mean size (labels, or interval width)", "empty_rate": "empty rate", "nestedness": "nestedness N(t)"}
 
 
 def plot_accuracy_vs_compute(
@@ -108,6 +109,7 @@ def plot_set_metrics(summary: Mapping[str, Mapping[str, torch.Tensor]], *, alpha
             ax.axhline(1 - alpha, ls="--", color="black", lw=1, label=f"1 - alpha = {1 - alpha:g}")
         ax.set_title(METRIC_TITLES.get(metric, metric))
         ax.set_xlabel("exit")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
@@ -145,7 +147,7 @@ def plot_wiggle_intervals(regression: Mapping[str, Any], *, exits: Sequence[int]
 
     Args:
         regression: kdteach.experiments.sets.regression_experiment(...).
-        exits: 0-based exits to draw (default: first, middle, last).
+        exits: 0-based exits to draw (default: a quarter of the way, halfway, last).
 
     Returns:
         The figure.
@@ -154,7 +156,7 @@ def plot_wiggle_intervals(regression: Mapping[str, Any], *, exits: Sequence[int]
     data = regression["data"]
     methods = list(regression["grid"])
     total = regression["grid"][methods[0]][0].shape[0]
-    exits = list(exits) if exits is not None else sorted({0, total // 2, total - 1})
+    exits = list(exits) if exits is not None else sorted({total // 4, total // 2, total - 1})
     low, high = float(data.train_x.min()), float(data.train_x.max())
     fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 3.8), sharey=True, squeeze=False)
     for ax, method in zip(axes[0], methods):
@@ -170,5 +172,6 @@ def plot_wiggle_intervals(regression: Mapping[str, Any], *, exits: Sequence[int]
         ax.set_xlabel("x (standardised)")
     axes[0][0].set_ylabel("y (standardised)")
     axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.suptitle("Intervals on a grid of inputs (blank where an interval is empty)", fontsize=10)
     fig.tight_layout()
     return fig
