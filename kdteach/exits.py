@@ -23,7 +23,6 @@ last exit's softened output (Phuong & Lampert 2019, "Distillation-based training
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch

@@ -62,18 +62,28 @@ class ExitConfig:
 
     def key(self) -> str:
         """A short hash of the configuration, used in checkpoint file names."""
-        return hashlib.sha1(repr(dataclasses.astuple(self)).encode()).hexdigest()[:10]
+        return config_key(self)
 
 
 SMOKE_CONFIG = ExitConfig(train_size=2000, test_size=1000, depth=8, width=8, epochs=12, batch_size=64)
 
 
-def config(mode: str | None = None) -> ExitConfig:
-    """The configuration of a mode: "smoke", "full", or None for the mode set by KDTEACH_SMOKE."""
+def config_key(cfg: Any) -> str:
+    """A short hash of a dataclass configuration, so checkpoints of different configurations never mix."""
+    return hashlib.sha1(repr(dataclasses.astuple(cfg)).encode()).hexdigest()[:10]
+
+
+def pick_config(mode: str | None, smoke: Any, full: Any) -> Any:
+    """smoke or full by mode: "smoke", "full", or None for the mode set by KDTEACH_SMOKE."""
     mode = mode or runtime.mode()
     if mode not in ("smoke", "full"):
         raise ValueError(f"mode must be 'smoke' or 'full', got {mode!r}")
-    return SMOKE_CONFIG if mode == "smoke" else ExitConfig()
+    return smoke if mode == "smoke" else full
+
+
+def config(mode: str | None = None) -> ExitConfig:
+    """The configuration of a mode: "smoke", "full", or None for the mode set by KDTEACH_SMOKE."""
+    return pick_config(mode, SMOKE_CONFIG, ExitConfig())
 
 
 @dataclass

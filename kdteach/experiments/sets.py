@@ -16,8 +16,6 @@ distribution and on a grid reaching far outside the training inputs.
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -210,20 +208,21 @@ def summary_rows(summary: dict[str, dict[str, torch.Tensor]]) -> list[dict[str, 
     Returns:
         Rows for markdown_table.
     """
-    rows = []
-    for method, m in summary.items():
-        rows.append({
-            "method": method,
-            "coverage exit 1": float(m["coverage"][0]),
-            "coverage last exit": float(m["coverage"][-1]),
-            "min coverage over exits": float(m["coverage"].min()),
-            "covered at every exit": float(m["all_exit_coverage"][-1]),
-            "mean size": float(m["size"].mean()),
-            "empty rate": float(m["empty_rate"].mean()),
-            "min N(t)": float(m["nestedness"].min()),
-            "worst-class coverage (last exit)": float(m["worst_class_coverage"][-1]),
-        })
-    return rows
+    return [{**_method_row(method, m, "mean size"), "worst-class coverage (last exit)": float(m["worst_class_coverage"][-1])} for method, m in summary.items()]
+
+
+def _method_row(method: str, m: dict[str, torch.Tensor], size_name: str) -> dict[str, Any]:
+    # The columns the classification and regression tables share.
+    return {
+        "method": method,
+        "coverage exit 1": float(m["coverage"][0]),
+        "coverage last exit": float(m["coverage"][-1]),
+        "min coverage over exits": float(m["coverage"].min()),
+        "covered at every exit": float(m["all_exit_coverage"][-1]),
+        size_name: float(m["size"].mean()),
+        "empty rate": float(m["empty_rate"].mean()),
+        "min N(t)": float(m["nestedness"].min()),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -253,7 +252,7 @@ class WiggleConfig:
 
     def key(self) -> str:
         """A short hash of the configuration, used in checkpoint file names."""
-        return hashlib.sha1(repr(dataclasses.astuple(self)).encode()).hexdigest()[:10]
+        return exit_experiment.config_key(self)
 
 
 SMOKE_WIGGLE = WiggleConfig(width=32, epochs=120)
@@ -261,10 +260,7 @@ SMOKE_WIGGLE = WiggleConfig(width=32, epochs=120)
 
 def wiggle_config(mode: str | None = None) -> WiggleConfig:
     """The regression configuration of a mode: "smoke", "full", or None for the runtime's mode."""
-    mode = mode or runtime.mode()
-    if mode not in ("smoke", "full"):
-        raise ValueError(f"mode must be 'smoke' or 'full', got {mode!r}")
-    return SMOKE_WIGGLE if mode == "smoke" else WiggleConfig()
+    return exit_experiment.pick_config(mode, SMOKE_WIGGLE, WiggleConfig())
 
 
 @dataclass
@@ -441,7 +437,8 @@ def run(mode: str = "full", out: str | Path = "runs/sets", seed: int = 0, progre
 
 def summary_rows_regression(regression: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per regression method: coverage (first, last, min over exits), covered at every exit, mean width,
-    empty rate on the test split and on the out-of-distribution part of the grid, smallest N(t).
+    empty rate on the test split, smallest N(t), and the last exit's empty rate on the out-of-distribution part of
+    the grid.
 
     Args:
         regression: regression_experiment(...).
@@ -452,17 +449,7 @@ def summary_rows_regression(regression: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for method, m in regression["metrics"].items():
         region = empty_rate_by_region(regression["grid_x"], *regression["grid"][method], regression["data"].train_x)
-        rows.append({
-            "method": method,
-            "coverage exit 1": float(m["coverage"][0]),
-            "coverage last exit": float(m["coverage"][-1]),
-            "min coverage over exits": float(m["coverage"].min()),
-            "covered at every exit": float(m["all_exit_coverage"][-1]),
-            "mean width": float(m["size"].mean()),
-            "empty rate (test)": float(m["empty_rate"].mean()),
-            "empty rate, last exit, outside training range": region["outside"],
-            "min N(t)": float(m["nestedness"].min()),
-        })
+        rows.append({**_method_row(method, m, "mean width"), "empty rate, last exit, outside training range": region["outside"]})
     return rows
 
 
