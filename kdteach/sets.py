@@ -433,7 +433,7 @@ def fit_avcs_thresholds(
     alpha: float,
     *,
     start: float = 1.0,
-    step: float = 0.25,
+    step: float = 0.5,
     num_parallel: int = 1,
     seed: int = 0,
     draws: int = 1,
@@ -452,7 +452,7 @@ def fit_avcs_thresholds(
         calib_labels: (n,) its labels.
         alpha: miscoverage level in (0, 1).
         start: the smallest threshold (the paper uses tau >= 1); must be > 0.
-        step: the grid spacing (> 0).
+        step: the grid spacing (> 0; 0.5 as in the paper's code).
         num_parallel: as in avcs_sets.
         seed: seed of the calibration draws.
         draws: independent Dirichlet draws per candidate whose coverages are averaged. With 1 (the paper's

@@ -89,13 +89,13 @@ def held_out_logits(mode: str | None = None, *, seed: int = 0, device: torch.dev
         progress: progress bars if it has to train.
 
     Returns:
-        exit logits (exits, N, C) on the CPU, labels (N,), and the data's name.
+        exit logits (exits, N, C) and labels (N,), on the device (the AVCS draws run there too), and the data's name.
     """
     cfg = exit_experiment.config(mode)
     device = torch.device(device) if device is not None else runtime.pick_device()
     data = exit_experiment.load_digits(cfg, device, verbose=False)
     model, _ = exit_experiment.trained_exit_model(cfg, data, distill_weight=0.5, seed=seed, device=device, progress=progress)
-    return exit_logits(model, data.test_x).cpu(), data.test_y.cpu(), data.source
+    return exit_logits(model, data.test_x), data.test_y, data.source
 
 
 def compare_sets(
