@@ -279,7 +279,7 @@ def exit_findings(reports: dict[str, dict[str, Any]], *, smoke: bool = False, to
     elif float(acc[best] - acc[-1]) > noise:
         lines.append(f"Exit {best + 1} ({float(acc[best]):.1%}) beats the last exit ({float(acc[-1]):.1%}) by more than two standard errors ({noise:.1%}): deeper is not always better here.")
     else:
-        lines.append(f"Exit {best + 1} scores {float(acc[best]):.1%} and the last exit {float(acc[-1]):.1%}: a gap within two standard errors of the test set ({noise:.1%}), so no exit after exit {best + 1} is clearly better.")
+        lines.append(f"Exit {best + 1} scores {float(acc[best]):.1%} and the last exit {float(acc[-1]):.1%}: the gap is within two standard errors of the test set ({noise:.1%}), so exit {best + 1} is not clearly better than the last.")
     worst = int(ece.argmax())
     lines.append(f"Calibration differs by exit: ECE ranges from {float(ece.min()):.1%} to {float(ece.max()):.1%} (worst: exit {worst + 1}).")
     matching = [row for row in ref["curve"] if row["accuracy"] >= float(acc[-1]) - tolerance]
