@@ -38,7 +38,6 @@ def test_exits_run_writes_the_per_exit_table_and_reloads_from_the_cache(tiny):
     assert any("Smoke mode" in line for line in lines) and any("exit 1 +0.0" in line for line in lines)
 
 
-@pytest.mark.filterwarnings("ignore:fit_avcs_thresholds")
 def test_sets_run_writes_both_tables_and_findings_follow_the_numbers(tiny):
     rows = set_experiment.run(mode="smoke", out=tiny / "out", progress=False)
     assert [r["method"] for r in rows] == list(set_experiment.METHODS)
