@@ -118,9 +118,14 @@ class DeDiERConfig:
     stages: tuple[str, ...] = ("layer1", "layer2", "layer3")
     margins: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
 
-    def key(self) -> str:
-        """A short hash of the configuration, used in cache file names."""
-        return hashlib.sha1(repr(dataclasses.astuple(self)).encode()).hexdigest()[:10]
+    def teacher_key(self) -> str:
+        """A short hash of the fields that decide a teacher (data, architecture, schedule): its cache name.
+
+        Student settings are left out, so a sweep over them reloads the same teacher.
+        """
+        fields = ("waterbirds_sizes", "digits_sizes", "image_size", "teacher_depth", "teacher_width", "teacher_epochs",
+                  "teacher_lr", "batch_size", "weight_decay", "select")
+        return hashlib.sha1(repr([(name, getattr(self, name)) for name in fields]).encode()).hexdigest()[:10]
 
 
 SMOKE_CONFIG = DeDiERConfig(
@@ -239,8 +244,10 @@ def _val_metrics(val: GroupedData, device: torch.device, batch_size: int):
     return metrics
 
 
-def _optimizer(model: nn.Module, cfg: DeDiERConfig, lr: float | None = None) -> torch.optim.Optimizer:
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr or cfg.lr, weight_decay=cfg.weight_decay)
+def _optimizer(model: nn.Module, cfg: DeDiERConfig, steps: int, lr: float | None = None) -> dict[str, Any]:
+    # AdamW with a cosine schedule to zero, as in notebook 02: the last epochs settle instead of jumping around.
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr or cfg.lr, weight_decay=cfg.weight_decay)
+    return {"optimizer": optimizer, "scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)}
 
 
 def train_teacher(dataset: str, cfg: DeDiERConfig, train: GroupedData, val: GroupedData, device: torch.device, *, progress: bool = True) -> nn.Module:
@@ -262,12 +269,12 @@ def train_teacher(dataset: str, cfg: DeDiERConfig, train: GroupedData, val: Grou
     """
     torch.manual_seed(0)
     model = teacher_model(dataset, cfg, train.num_classes, train.images.shape[1]).to(device)
-    path = runtime.cache_dir() / "dedier" / f"teacher-{dataset}-{cfg.key()}-n{len(train)}.pt"
+    path = runtime.cache_dir() / "dedier" / f"teacher-{dataset}-{cfg.teacher_key()}-n{len(train)}.pt"
     if path.exists():
         model.load_state_dict(load_checkpoint(path, map_location=device))
         return model.eval()
     batches = train.batches(cfg.batch_size, device=device, balanced=True, seed=0)
-    fit(model, batches, epochs=cfg.teacher_epochs, optimizer=_optimizer(model, cfg, cfg.teacher_lr),
+    fit(model, batches, epochs=cfg.teacher_epochs, **_optimizer(model, cfg, cfg.teacher_epochs * len(batches), cfg.teacher_lr),
         metrics=_val_metrics(val, device, 512), select=cfg.select, progress=progress, desc=f"teacher ({dataset})")
     save_atomic(model.state_dict(), path)
     return model.eval()
@@ -393,7 +400,7 @@ def train_student(
         loss_fn = KDLoss(temperature=cfg.temperature, soft_weight=cfg.soft_weight)
     elif method == "JTT":
         identify = data.batches(cfg.batch_size, device=device, shuffle=True, seed=seed)
-        fit(model, identify, epochs=cfg.jtt_epochs, optimizer=_optimizer(model, cfg), progress=progress, desc=f"JTT identification ({prep.name})")
+        fit(model, identify, epochs=cfg.jtt_epochs, **_optimizer(model, cfg, cfg.jtt_epochs * len(identify)), progress=progress, desc=f"JTT identification ({prep.name})")
         errors = jtt_error_set(model, identify)
         try:
             extra["weight"] = jtt_weights(errors, upweight=cfg.jtt_upweight)
@@ -416,7 +423,7 @@ def train_student(
         readout = EarlyReadout(stage, data.num_classes, head=cfg.readout_head, epochs=cfg.readout_epochs, lr=cfg.readout_lr,
                                batch_size=cfg.readout_batch_size, seed=seed, features_in_train_mode=drift)
         reweighting = DeDiERReweighting(model, readout, train, alpha=alpha, beta=beta, sticky=sticky, freeze_shared=freeze)
-    history = fit(model, train, epochs=cfg.epochs, optimizer=_optimizer(model, cfg), loss_fn=loss_fn,
+    history = fit(model, train, epochs=cfg.epochs, **_optimizer(model, cfg, cfg.epochs * len(train)), loss_fn=loss_fn,
                   metrics=_val_metrics(prep.val, device, 512), select=cfg.select, on_epoch_end=reweighting,
                   progress=progress, desc=f"{method} ({prep.name}, seed {seed})")
     model.eval()
