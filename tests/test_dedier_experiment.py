@@ -115,3 +115,25 @@ def test_ablation_sentence():
     assert "larger than the largest seed std" in sentence
     tie = dedier.summarize([_row("DeDiER", 0.5, 0.9, 0) | {"readout stage": s} for s in ("layer1", "layer2")], by=("readout stage",))
     assert dedier.ablation_sentence(tie, "readout stage", what="readout stage") == "Every readout stage gives the same worst-group accuracy (50.0%)."
+
+
+def test_readout_findings_from_hand_made_diagnostics():
+    from types import SimpleNamespace
+
+    from kdteach.debias import confident_error_retrieval
+
+    # 2 bias-conflicting examples, both wrong with margin 0.8; 8 aligned examples, all right.
+    probs = torch.tensor([[0.9, 0.1]] * 2 + [[0.9, 0.1]] * 4 + [[0.1, 0.9]] * 4)
+    labels = torch.tensor([1, 1] + [0] * 4 + [1] * 4)
+    minority = torch.tensor([True, True] + [False] * 8)
+    logits = probs.log()
+    diag = {"logits": logits, "stage": "layer1",
+            "retrieval": [confident_error_retrieval(logits, labels, minority, margin=m) for m in (0.0, 0.5)]}
+    prep = SimpleNamespace(train=SimpleNamespace(labels=labels), minority=minority)
+    lines = dedier.readout_findings(diag, prep)
+    assert lines[0].startswith("On the bias-conflicting training examples (2), the readout at layer1 is right on 0.0%")
+    assert "mean margin of its errors there is 0.80" in lines[0]
+    assert "right on 100.0%" in lines[1] and "n/a (no errors)" in lines[1]
+    # A lift of exactly 5 is "enriched"; "strongly" needs more than 5x.
+    assert lines[2] == ("Errors with margin >= 0.50 are enriched in the minority groups: precision 100.0% against a "
+                        "base rate of 20.0% (5.0x), recall 100.0%.")

@@ -3,7 +3,8 @@
 - prepare(): one dataset's splits, its teacher (trained once and cached) and the teacher's cached logits;
 - train_student(): one student by one method: ERM, KD, JTT, Group DRO, SimKD-style or DeDiER, selected on
   VALIDATION worst-group (or mean-group) accuracy, never on test, and scored on test;
-- readout_diagnostics(): how well "the early readout is confidently wrong" finds the minority groups;
+- readout_diagnostics(), readout_findings(): how well "the early readout is confidently wrong" finds the minority
+  groups;
 - compare(), sweep(), stage_ablation(), official_defects(): the tables, one row per (setting, seed);
 - summarize() and conclusions(): mean +- std over seeds, and sentences computed from those numbers;
 - run(): everything, headless (`python -m kdteach dedier --mode smoke|full --out DIR`).
@@ -30,6 +31,7 @@ from kdteach.data.batches import Batches
 from kdteach.data.grouped import GroupedData, celeba, colored_digits, waterbirds, waterbirds_like
 from kdteach.debias import (
     DeDiERReweighting,
+    confidence_margin,
     EarlyReadout,
     GroupDROLoss,
     SimKDLoss,
@@ -467,6 +469,38 @@ def readout_diagnostics(prep: Prepared, cfg: DeDiERConfig, student: nn.Module, *
     return {"by_group": by_group, "retrieval": retrieval, "weights": by_weight, "logits": logits, "stage": stage}
 
 
+def readout_findings(diag: dict[str, Any], prep: Prepared) -> list[str]:
+    """Sentences about the readout diagnostics, computed from them: is the readout confidently wrong on the
+    bias-conflicting examples, and how enriched in them are its confident errors?
+
+    Args:
+        diag: readout_diagnostics(...) of this dataset.
+        prep: the prepared dataset (for the bias-conflicting mask).
+
+    Returns:
+        A list of sentences.
+    """
+    logits, labels, minority = diag["logits"], prep.train.labels, prep.minority
+    right = logits.argmax(1) == labels
+    margin = confidence_margin(logits)
+    lines = []
+    for name, mask in (("bias-conflicting", minority), ("bias-aligned", ~minority)):
+        wrong = mask & ~right
+        wrong_margin = f"{float(margin[wrong].mean()):.2f}" if bool(wrong.any()) else "n/a (no errors)"
+        lines.append(f"On the {name} training examples ({int(mask.sum())}), the readout at {diag['stage']} is right on "
+                     f"{float(right[mask].float().mean()):.1%}; the mean margin of its errors there is {wrong_margin}.")
+    flagged = [r for r in diag["retrieval"] if r["flagged"] > 0]
+    if flagged:
+        top = max(flagged, key=lambda r: r["margin"])
+        strength = "strongly enriched (over 5x)" if top["lift"] > 5 else "enriched" if top["lift"] > 1.5 else "hardly enriched"
+        lines.append(f"Errors with margin >= {top['margin']:.2f} are {strength} in the minority groups: precision "
+                     f"{top['precision']:.1%} against a base rate of {top['base_rate']:.1%} ({top['lift']:.1f}x), "
+                     f"recall {top['recall']:.1%}.")
+    else:
+        lines.append("The readout makes no errors at any margin threshold, so there is nothing to upweight.")
+    return lines
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Tables
 # ---------------------------------------------------------------------------------------------------------------
@@ -678,6 +712,8 @@ def run(mode: str = "smoke", out: str | Path | None = None, *, seed: int = 0, pr
         kd_student = train_student("KD", prep, cfg, seed=cfg.seeds[0], progress=progress)
         diag = readout_diagnostics(prep, cfg, kd_student.model, seed=cfg.seeds[0])
         diagnostics[dataset] = {k: v for k, v in diag.items() if k != "logits"}
+        diagnostics[dataset]["findings"] = readout_findings(diag, prep)
+        print("\n".join(diagnostics[dataset]["findings"]))
         figures[f"margins_{dataset}"] = plot_margin_histograms(diag["logits"], prep.train.labels, prep.train.groups, prep.train.group_names,
                                                                 title=f"Readout at {diag['stage']} of the KD student ({dataset})")
         rows = compare(prep, cfg, reuse=[kd_student.row], progress=progress)
