@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from kdteach import runtime
-from kdteach.data.batches import Batches
+from kdteach.data.batches import Batches, random_translate
 from kdteach.groups import group_counts as _group_counts
 from kdteach.groups import group_ids
 
@@ -29,6 +29,7 @@ __all__ = [
     "GroupedData",
     "ImageTransform",
     "GroupBalancedBatches",
+    "flip_and_shift",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "WATERBIRDS_TRAIN_GROUP_COUNTS",
@@ -110,6 +111,33 @@ class GroupBalancedBatches(Batches):
             if self.transform is not None:
                 batch["x"] = self.transform(batch["x"])
             yield batch
+
+
+def flip_and_shift(max_shift: int, *, vertical: bool = True) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """An augment function for Batches: random horizontal (and vertical) flips, then a random shift.
+
+    Flips keep waterbirds_like's labels (a tall bird stays tall, a long one long) and its backgrounds' kind; use
+    vertical=False for real photographs. The shift is kdteach.data.random_translate.
+
+    Args:
+        max_shift: largest shift in pixels, in each direction.
+        vertical: also flip upside down, each image with probability 1/2.
+
+    Returns:
+        augment(x, generator) -> x for uint8 or float (N, C, H, W) images.
+    """
+    if max_shift < 0:
+        raise ValueError(f"max_shift must be >= 0, got {max_shift}")
+
+    def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        flips = torch.rand(len(x), 2, generator=generator).to(x.device) < 0.5
+        x = torch.where(flips[:, 0, None, None, None], x.flip(3), x)
+        if vertical:
+            x = torch.where(flips[:, 1, None, None, None], x.flip(2), x)
+        return random_translate(x, max_shift, generator)
+
+    augment.max_shift = max_shift  # lets cache_teacher_logits name what it refuses
+    return augment
 
 
 @dataclass

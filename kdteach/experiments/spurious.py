@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from kdteach import runtime
-from kdteach.data.grouped import GroupedData, waterbirds_like
+from kdteach.data.grouped import GroupedData, flip_and_shift, waterbirds_like
 from kdteach.distill import KDLoss, cache_teacher_logits
 from kdteach.experiments.report import markdown_table, mean_std, write_report
 from kdteach.groups import AVERAGE_CONVENTIONS, group_metrics
@@ -45,7 +45,9 @@ __all__ = [
     "test_scores",
     "run_seed",
     "summarize",
+    "percent_rows",
     "findings",
+    "probe_findings",
     "probe_stages",
     "SpuriousResult",
     "run_experiment",
@@ -78,6 +80,8 @@ class SpuriousConfig:
         teacher_depth, teacher_width, student_depth, student_width: CIFAR ResNets (depth 6n + 2).
         teacher_epochs, student_epochs: epochs of each run (the best validation epoch is kept).
         batch_size, lr, weight_decay: AdamW with a cosine schedule, for every model.
+        augment: random flips and shifts of up to image_size // 8 pixels for every model (without them, the
+            upsampled minority images of the group-balanced teacher are memorised within a few epochs).
         temperature, soft_weight: the distillation loss (soft_weight 1: soft targets only, as in the DeDiER code).
         seeds: model seeds; every table is mean +- std over them.
         probe_rows: at most this many validation rows fit each linear probe.
@@ -99,6 +103,7 @@ class SpuriousConfig:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    augment: bool = True
     temperature: float = 3.0
     soft_weight: float = 1.0
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -108,13 +113,13 @@ class SpuriousConfig:
     def teacher_key(self) -> str:
         """A short hash of the fields that decide a teacher (data, architecture, schedule): its cache name."""
         fields = ("n_train", "n_val", "image_size", "p_corr", "data_seed", "teacher_depth", "teacher_width",
-                  "teacher_epochs", "batch_size", "lr", "weight_decay")
+                  "teacher_epochs", "batch_size", "lr", "weight_decay", "augment")
         text = repr([(name, getattr(self, name)) for name in fields])
         return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
 SMOKE_CONFIG = SpuriousConfig(
-    n_train=800, n_val=300, n_test=600, teacher_depth=8, teacher_width=16, student_depth=8, student_width=8,
+    n_train=800, n_val=300, n_test=600, image_size=16, teacher_depth=8, teacher_width=16, student_depth=8, student_width=8,
     teacher_epochs=3, student_epochs=3, lr=3e-3, seeds=(0, 1), probe_rows=300, mode="smoke",
 )
 
@@ -137,6 +142,10 @@ def _seed_model(seed: int, role: str) -> None:
     # Each model's initialisation depends on (seed, role) only, not on what ran before it: a teacher loaded from
     # the cache leaves the random state where a trained one would not, and the students must not notice.
     torch.manual_seed(int(np.random.SeedSequence([seed, sum(map(ord, role))]).generate_state(1)[0]))
+
+
+def _augment(cfg: SpuriousConfig):
+    return flip_and_shift(max(1, cfg.image_size // 8)) if cfg.augment else None
 
 
 def _optimizer_and_schedule(model: nn.Module, cfg: SpuriousConfig, steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
@@ -206,7 +215,7 @@ def train_or_load_teacher(
     device = torch.device(device)
     _seed_model(seed, f"teacher-{kind}")
     model = _teacher_net(cfg, splits["train"]).to(device)
-    batches = splits["train"].batches(cfg.batch_size, device=device, shuffle=True, balanced=kind == "balanced", seed=seed)
+    batches = splits["train"].batches(cfg.batch_size, device=device, shuffle=True, balanced=kind == "balanced", seed=seed, augment=_augment(cfg))
     history = _train(model, cfg, batches, splits["val"], cfg.teacher_epochs, device, checkpoint=path, progress=progress, desc=f"teacher ({kind}, seed {seed})")
     return model.eval(), history
 
@@ -222,8 +231,9 @@ def train_student(
 ) -> tuple[CifarResNet, History]:
     """Trains the student alone (teacher None, cross-entropy) or distilled from a teacher (soft targets at T).
 
-    The images are not augmented, so the teacher's logits are computed once over the training set and carried in
-    the batches (kdteach.distill.cache_teacher_logits).
+    With augmentation (cfg.augment) the teacher runs on every augmented batch: logits cached once would describe
+    other images. Without it, the teacher's logits are computed once over the training set and carried in the
+    batches (kdteach.distill.cache_teacher_logits).
 
     Args:
         cfg: the configuration.
@@ -242,9 +252,13 @@ def train_student(
     model = _student_net(cfg, train).to(device)
     extra, loss, desc = None, None, f"student alone (seed {seed})"
     if teacher is not None:
-        extra = {"teacher_logits": cache_teacher_logits(teacher, train.batches(512, device=device))}
-        loss, desc = KDLoss(temperature=cfg.temperature, soft_weight=cfg.soft_weight), f"distilled student (seed {seed})"
-    batches = train.batches(cfg.batch_size, device=device, shuffle=True, seed=seed, extra=extra)
+        desc = f"distilled student (seed {seed})"
+        if cfg.augment:
+            loss = KDLoss(temperature=cfg.temperature, soft_weight=cfg.soft_weight, teacher=teacher)
+        else:
+            extra = {"teacher_logits": cache_teacher_logits(teacher, train.batches(512, device=device))}
+            loss = KDLoss(temperature=cfg.temperature, soft_weight=cfg.soft_weight)
+    batches = train.batches(cfg.batch_size, device=device, shuffle=True, seed=seed, extra=extra, augment=_augment(cfg))
     history = _train(model, cfg, batches, splits["val"], cfg.student_epochs, device, loss_fn=loss, progress=progress, desc=desc)
     return model.eval(), history
 
@@ -319,6 +333,19 @@ def summarize(rows: Sequence[dict[str, float | str]], metrics: Sequence[str] | N
     return table
 
 
+def percent_rows(rows: Sequence[dict[str, float | str]], digits: int = 1) -> list[dict[str, str]]:
+    """Rows with every float shown in percent (for display; the rows themselves stay fractions).
+
+    Args:
+        rows: dicts of metrics such as test_scores' or probe_stages'.
+        digits: decimals.
+
+    Returns:
+        The same rows with floats formatted as "97.3".
+    """
+    return [{k: f"{100 * v:.{digits}f}" if isinstance(v, float) else v for k, v in row.items()} for row in rows]
+
+
 def _values(rows: Sequence[dict], model: str, metric: str) -> dict[int, float]:
     return {int(row["seed"]): float(row[metric]) for row in rows if row["model"] == model}
 
@@ -355,24 +382,47 @@ def findings(rows: Sequence[dict[str, float | str]], *, smoke: bool = False) -> 
     pairs = (("student_kd_erm", "teacher_erm"), ("student_kd_balanced", "teacher_balanced"), ("student_alone", "teacher_erm"))
     for student, teacher in pairs:
         s_name, t_name = MODEL_NAMES[student], MODEL_NAMES[teacher]
-        if not _values(rows, s_name, WORST) or not _values(rows, t_name, WORST):
+        s_worst, t_worst = _values(rows, s_name, WORST), _values(rows, t_name, WORST)
+        if not s_worst or not t_worst:
             continue
-        worst, spread, n = _paired_difference(rows, s_name, t_name, WORST)
+        difference, spread, n = _paired_difference(rows, s_name, t_name, WORST)
         gap_s = 100 * np.mean([row[AVERAGE] - row[WORST] for row in rows if row["model"] == s_name])
         gap_t = 100 * np.mean([row[AVERAGE] - row[WORST] for row in rows if row["model"] == t_name])
-        clear = n > 1 and abs(worst) > spread
-        direction = "lower" if worst < 0 else "higher"
-        verdict = (
-            f"more than its teacher: the student leans more on the background" if clear and worst < 0 else
-            f"less than its teacher" if clear and worst > 0 else
-            f"about as much as its teacher (the difference is within the seed-to-seed spread of {spread:.1f} points)"
-            if n > 1 else "an open question with one seed"
-        )
+        if n < 2:
+            verdict = "With one seed there is no spread to judge the difference against."
+        elif abs(difference) <= spread or abs(difference) < 0.05:
+            verdict = f"The difference is within the seed-to-seed spread: no clear difference between the two."
+        elif difference < 0:
+            verdict = f"The student is clearly worse on the worst group than {t_name}: it leans more on the background."
+        else:
+            verdict = f"The student is clearly better on the worst group than {t_name}."
         lines.append(
-            f"{s_name}: worst-group accuracy {abs(worst):.1f} points {direction} than {t_name} (mean over {n} paired "
-            f"seeds, std {spread:.1f}); average minus worst group is {gap_s:.1f} points for the student against "
-            f"{gap_t:.1f} for the teacher. It loses worst-group accuracy {verdict}."
+            f"{s_name} vs {t_name}: worst-group accuracy {100 * np.mean(list(s_worst.values())):.1f}% vs "
+            f"{100 * np.mean(list(t_worst.values())):.1f}% (paired difference {difference:+.1f} points, seed-to-seed std "
+            f"{spread:.1f}, {n} seeds); average minus worst group {gap_s:.1f} vs {gap_t:.1f} points. {verdict}"
         )
+    return lines
+
+
+def probe_findings(probes: dict[str, Sequence[dict[str, float | str]]], *, threshold: float = 0.9) -> list[str]:
+    """Where each model's features first make the label and the background linearly decodable, worded from the numbers.
+
+    Args:
+        probes: model name -> probe_stages rows.
+        threshold: the balanced accuracy that counts as "decodable".
+
+    Returns:
+        One sentence per model.
+    """
+    lines = []
+    for name, rows in probes.items():
+        parts = []
+        for target, words in (("spurious", "the background"), ("label", "the bird's pose")):
+            first = next((r["stage"] for r in rows if float(r[target]) >= threshold), None)
+            best = max(rows, key=lambda r: float(r[target]))
+            where = f"from {first} on" if first is not None else f"at no stage (best {100 * float(best[target]):.1f}% at {best['stage']})"
+            parts.append(f"{words} is decodable at {100 * threshold:.0f}% balanced accuracy {where}")
+        lines.append(f"{name}: " + "; ".join(parts) + ".")
     return lines
 
 
