@@ -267,3 +267,40 @@ def test_the_experiment_runs_end_to_end_on_a_tiny_configuration():
     assert any("worst-group" in line for line in result.findings)
     with pytest.raises(ValueError, match="dataset"):
         text.config("smoke", "imdb")
+
+
+def test_full_mode_path_runs_offline_with_local_checkpoints_and_a_multinli_fixture(tmp_path, monkeypatch):
+    """Full mode's code path (Hub-style checkpoints and tokenizer through from_pretrained, MultiNLI through
+    datasets.load_dataset, checkpoints and resume) with everything local: tiny saved models and a fixture."""
+    from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel
+
+    from kdteach.experiments import text
+
+    standin = nli_standin(90, 40, 1, seed=4)
+    tokenizer = standin_tokenizer(standin["train"].texts + standin["train"].pairs)
+    teacher_dir, student_dir = tmp_path / "bert", tmp_path / "distilbert"
+    tokenizer.save_pretrained(teacher_dir)
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=32)).save_pretrained(teacher_dir)
+    DistilBertModel(DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+                                     max_position_embeddings=32)).save_pretrained(student_dir)
+
+    def hub_rows(split):  # the Hub layout of nyu-mll/multi_nli, built from the stand-in's pairs
+        part = standin["train" if split == "train" else "val"]
+        return datasets.Dataset.from_dict({"premise": part.texts, "hypothesis": part.pairs, "label": part.labels.tolist()})
+
+    def fake_load_dataset(name, split=None, **kwargs):
+        assert name == "nyu-mll/multi_nli" and split in ("train", "validation_matched")
+        return hub_rows(split)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setenv("KDTEACH_CACHE", str(tmp_path / "cache"))
+    cfg = dataclasses.replace(text.config("full", "multinli"), teacher=str(teacher_dir), student=str(student_dir), sizes=(80, None, None),
+                              max_length=16, batch_size=16, teacher_epochs=1, epochs=1, warmup_steps=2, seeds=(0,))
+    data = text.load_data(cfg)
+    assert len(data.splits["train"]) == 80 and len(data.splits["val"]) + len(data.splits["test"]) == 40
+    result = text.run_experiment(cfg, data=data, device="cpu", progress=False, mode="full")
+    assert [r["model"] for r in result.rows] == ["teacher", "KD student", "DeDiER student"]
+    assert result.diagnostics["stage"] == "layer2" and len(result.diagnostics["rows"]) == 6
+    written = sorted(p.name for p in (tmp_path / "cache" / "text").iterdir())
+    assert len(written) == 3 and all(name.startswith("multinli-") for name in written)  # teacher, KD, DeDiER

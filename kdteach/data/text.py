@@ -410,31 +410,39 @@ def nli_standin(
 _SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
-def standin_tokenizer(texts: Sequence[str], *, vocab_size: int = 1000):
-    """A BERT-style WordPiece tokenizer trained on texts with the `tokenizers` library: no download.
+def standin_tokenizer(texts: Sequence[str], *, vocab_size: int = 30_000):
+    """A BERT-style WordPiece tokenizer whose vocabulary is the words of texts, built with `tokenizers`: no download.
 
     It lowercases, splits on whitespace and punctuation, and frames pairs as [CLS] a [SEP] b [SEP] with token
-    type ids 0 / 1, as bert-base-uncased's tokenizer does, so the same encoding code serves both.
+    type ids 0 / 1, as bert-base-uncased's tokenizer does, so the same encoding code serves both. The vocabulary
+    is built here rather than learned by tokenizers' WordPiece trainer, whose sub-word merges break ties
+    differently from one process to the next: the same texts always give the same ids.
 
     Args:
         texts: the training texts (premises and hypotheses).
-        vocab_size: the most tokens to learn (a small corpus gives fewer).
+        vocab_size: the most tokens (special tokens included); the most frequent words are kept, the rest map to
+            [UNK].
 
     Returns:
         A transformers fast tokenizer.
     """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from collections import Counter
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     if len(texts) == 0:
-        raise ValueError("texts must hold at least one text to train the tokenizer on")
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tokenizer.train_from_iterator(list(texts), trainer=trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(_SPECIAL_TOKENS)))
-    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+        raise ValueError("texts must hold at least one text to build the vocabulary from")
+    if vocab_size <= len(_SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size must be > {len(_SPECIAL_TOKENS)} (the special tokens), got {vocab_size}")
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    counts = Counter(word for text in texts for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    words = sorted(counts, key=lambda w: (-counts[w], w))[: vocab_size - len(_SPECIAL_TOKENS)]
+    vocab = {token: i for i, token in enumerate([*_SPECIAL_TOKENS, *sorted(words)])}
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer, tokenizer.pre_tokenizer = normalizer, pre_tokenizer
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]"

@@ -43,15 +43,21 @@ class TextClassifier(nn.Module):
         num_classes: outputs of the head.
         dropout: dropout before the head (BERT's fine-tuning recipe uses 0.1).
         pool: how features() pools a layer's token states by default: "cls" or "mean".
+        head_pool: what the head reads from the last layer: "cls" (BERT's fine-tuning recipe) or "mean" (the
+            masked mean over tokens). A randomly initialised encoder's [CLS] state carries next to nothing for
+            the first few hundred steps; a mean-pooled head learns from the first step, so the tiny offline models
+            use it.
     """
 
-    def __init__(self, encoder: nn.Module, num_classes: int, *, dropout: float = 0.1, pool: str = "cls") -> None:
+    def __init__(self, encoder: nn.Module, num_classes: int, *, dropout: float = 0.1, pool: str = "cls", head_pool: str = "cls") -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        if pool not in ("cls", "mean"):
-            raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+        for name, value in (("pool", pool), ("head_pool", head_pool)):
+            if value not in ("cls", "mean"):
+                raise ValueError(f"{name} must be 'cls' or 'mean', got {value!r}")
         self.pool = pool
+        self.head_pool = head_pool
         config = encoder.config
         self.encoder = encoder
         self.uses_token_types = config.model_type == "bert"  # DistilBERT has no segment embeddings
@@ -89,18 +95,25 @@ class TextClassifier(nn.Module):
         if pool not in ("cls", "mean"):
             raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
         hidden = self._encode(x, all_layers=True).hidden_states[1:]
-        mask = x[:, 1].unsqueeze(-1).to(hidden[0].dtype)
         taps = {}
         for name, h in zip(self.stage_names, hidden):
-            taps[name] = h[:, 0] if pool == "cls" else (h * mask).sum(1) / mask.sum(1).clamp(min=1)
+            taps[name] = _pooled(h, x[:, 1], pool)
             if name == upto:
                 break
         return taps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (N, num_classes) of packed text x (N, 3, L)."""
-        last = self._encode(x, all_layers=False).last_hidden_state[:, 0]
+        last = _pooled(self._encode(x, all_layers=False).last_hidden_state, x[:, 1], self.head_pool)
         return self.head(self.dropout(last))
+
+
+def _pooled(hidden: torch.Tensor, mask: torch.Tensor, pool: str) -> torch.Tensor:
+    # (N, L, H) token states -> (N, H): the [CLS] token's state, or the mean over the tokens the mask keeps.
+    if pool == "cls":
+        return hidden[:, 0]
+    mask = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
 def _check_sizes(**sizes: int) -> None:
@@ -109,7 +122,7 @@ def _check_sizes(**sizes: int) -> None:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
-def tiny_bert(vocab_size: int, num_classes: int, *, hidden: int = 128, layers: int = 4, heads: int = 4, max_length: int = 64, dropout: float = 0.1) -> TextClassifier:
+def tiny_bert(vocab_size: int, num_classes: int, *, hidden: int = 128, layers: int = 4, heads: int = 4, max_length: int = 64, dropout: float = 0.1, head_pool: str = "mean") -> TextClassifier:
     """A small BERT built from BertConfig with random weights: the offline teacher.
 
     Args:
@@ -120,6 +133,7 @@ def tiny_bert(vocab_size: int, num_classes: int, *, hidden: int = 128, layers: i
         heads: attention heads.
         max_length: the longest input (position embeddings).
         dropout: dropout inside the encoder and before the head.
+        head_pool: what the head reads (see TextClassifier); "mean" because the model starts from random weights.
 
     Returns:
         A TextClassifier.
@@ -134,14 +148,14 @@ def tiny_bert(vocab_size: int, num_classes: int, *, hidden: int = 128, layers: i
         intermediate_size=4 * hidden, max_position_embeddings=max_length, hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,
     )
-    return TextClassifier(BertModel(config, add_pooling_layer=False), num_classes, dropout=dropout)
+    return TextClassifier(BertModel(config, add_pooling_layer=False), num_classes, dropout=dropout, head_pool=head_pool)
 
 
-def tiny_distilbert(vocab_size: int, num_classes: int, *, hidden: int = 64, layers: int = 2, heads: int = 2, max_length: int = 64, dropout: float = 0.1) -> TextClassifier:
+def tiny_distilbert(vocab_size: int, num_classes: int, *, hidden: int = 64, layers: int = 2, heads: int = 2, max_length: int = 64, dropout: float = 0.1, head_pool: str = "mean") -> TextClassifier:
     """A small DistilBERT built from DistilBertConfig with random weights: the offline student.
 
     Args:
-        vocab_size, num_classes, hidden, layers, heads, max_length, dropout: as in tiny_bert.
+        vocab_size, num_classes, hidden, layers, heads, max_length, dropout, head_pool: as in tiny_bert.
 
     Returns:
         A TextClassifier.
@@ -155,7 +169,7 @@ def tiny_distilbert(vocab_size: int, num_classes: int, *, hidden: int = 64, laye
         vocab_size=vocab_size, dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=4 * hidden,
         max_position_embeddings=max_length, dropout=dropout, attention_dropout=dropout,
     )
-    return TextClassifier(DistilBertModel(config), num_classes, dropout=dropout)
+    return TextClassifier(DistilBertModel(config), num_classes, dropout=dropout, head_pool=head_pool)
 
 
 def pretrained_text_classifier(checkpoint: str, num_classes: int, *, dropout: float = 0.1) -> TextClassifier:
