@@ -113,15 +113,16 @@ class GroupBalancedBatches(Batches):
             yield batch
 
 
-def flip_and_shift(max_shift: int, *, vertical: bool = True) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
-    """An augment function for Batches: random horizontal (and vertical) flips, then a random shift.
+def flip_and_shift(max_shift: int, *, horizontal: bool = True, vertical: bool = True) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """An augment function for Batches: random mirror and upside-down flips, then a random shift.
 
     Flips keep waterbirds_like's labels (a tall bird stays tall, a long one long) and its backgrounds' kind; use
-    vertical=False for real photographs. The shift is kdteach.data.random_translate.
+    vertical=False for photographs, and no flips for digits. The shift is kdteach.data.random_translate.
 
     Args:
         max_shift: largest shift in pixels, in each direction.
-        vertical: also flip upside down, each image with probability 1/2.
+        horizontal: mirror left-right, each image with probability 1/2.
+        vertical: flip upside down, each image with probability 1/2.
 
     Returns:
         augment(x, generator) -> x for uint8 or float (N, C, H, W) images.
@@ -131,7 +132,8 @@ def flip_and_shift(max_shift: int, *, vertical: bool = True) -> Callable[[torch.
 
     def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         flips = torch.rand(len(x), 2, generator=generator).to(x.device) < 0.5
-        x = torch.where(flips[:, 0, None, None, None], x.flip(3), x)
+        if horizontal:
+            x = torch.where(flips[:, 0, None, None, None], x.flip(3), x)
         if vertical:
             x = torch.where(flips[:, 1, None, None, None], x.flip(2), x)
         return random_translate(x, max_shift, generator)
@@ -502,11 +504,14 @@ def colored_digits(
     colours = torch.where(keep, labels, (labels + shift) % num_classes)
 
     palette = torch.tensor(_DIGIT_COLOURS[:num_classes])  # (K, 3)
-    painted = images.float() * palette[colours][:, :, None, None]  # (N, 3, 28, 28)
+    painted = torch.empty((len(labels), 3, *images.shape[2:]), dtype=torch.uint8)
+    for start in range(0, len(labels), 8192):  # in chunks: 60,000 float images would take 0.5 GB at once
+        rows = slice(start, start + 8192)
+        painted[rows] = (images[rows].float() * palette[colours[rows]][:, :, None, None]).round().to(torch.uint8)
     class_names = ["digit 0-4", "digit 5-9"] if num_classes == 2 else [f"digit {d}" for d in range(10)]
     attribute_names = [f"in {c}" for c in _COLOUR_NAMES[:num_classes]]
     return GroupedData(
-        images=painted.round().to(torch.uint8),
+        images=painted,
         labels=labels,
         spurious=colours.long(),
         groups=group_ids(labels, colours, num_classes),

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from kdteach import runtime
-from kdteach.data.grouped import GroupedData, flip_and_shift, waterbirds_like
+from kdteach.data.grouped import GroupedData, celeba, colored_digits, flip_and_shift, waterbirds, waterbirds_like
 from kdteach.distill import KDLoss, cache_teacher_logits
 from kdteach.experiments.report import markdown_table, mean_std, write_report
 from kdteach.groups import AVERAGE_CONVENTIONS, group_metrics
@@ -53,6 +53,7 @@ __all__ = [
     "run_experiment",
     "run",
     "TEACHER_KINDS",
+    "DATASETS",
     "MODEL_NAMES",
 ]
 
@@ -73,9 +74,11 @@ class SpuriousConfig:
     """Everything that decides notebook 02's numbers. config() picks the full or the smoke one.
 
     Attributes:
-        n_train, n_val, n_test: split sizes of waterbirds_like (full: Waterbirds' 4795 / 1199 / 5794).
-        image_size: side of the images.
-        p_corr: P(background agrees with label) in training.
+        dataset: "waterbirds_like" (the default), "colored_digits", or real "waterbirds" / "celeba" read from the
+            data folders (trained from scratch with the CIFAR ResNets at image_size).
+        n_train, n_val, n_test: split sizes (full: Waterbirds' 4795 / 1199 / 5794); None takes a whole split.
+        image_size: side of waterbirds_like's and the real datasets' images (colored_digits stay at 28).
+        p_corr: P(spurious attribute agrees with label) in training, for the stand-ins.
         data_seed: seed of the dataset draw (the same data for every model seed).
         teacher_depth, teacher_width, student_depth, student_width: CIFAR ResNets (depth 6n + 2).
         teacher_epochs, student_epochs: epochs of each run (the best validation epoch is kept).
@@ -88,9 +91,10 @@ class SpuriousConfig:
         mode: "full" or "smoke" (smoke results say they are too small to show the effect).
     """
 
-    n_train: int = 4795
-    n_val: int = 1199
-    n_test: int = 5794
+    dataset: str = "waterbirds_like"
+    n_train: int | None = 4795
+    n_val: int | None = 1199
+    n_test: int | None = 5794
     image_size: int = 32
     p_corr: float = 0.95
     data_seed: int = 0
@@ -112,7 +116,7 @@ class SpuriousConfig:
 
     def teacher_key(self) -> str:
         """A short hash of the fields that decide a teacher (data, architecture, schedule): its cache name."""
-        fields = ("n_train", "n_val", "image_size", "p_corr", "data_seed", "teacher_depth", "teacher_width",
+        fields = ("dataset", "n_train", "n_val", "image_size", "p_corr", "data_seed", "teacher_depth", "teacher_width",
                   "teacher_epochs", "batch_size", "lr", "weight_decay", "augment")
         text = repr([(name, getattr(self, name)) for name in fields])
         return hashlib.sha1(text.encode()).hexdigest()[:10]
@@ -132,10 +136,21 @@ def config(mode: str | None = None) -> SpuriousConfig:
     return SMOKE_CONFIG if mode == "smoke" else SpuriousConfig()
 
 
+DATASETS = ("waterbirds_like", "colored_digits", "waterbirds", "celeba")
+
+
 def load_splits(cfg: SpuriousConfig) -> dict[str, GroupedData]:
-    """The train, val and test splits of waterbirds_like at cfg's sizes."""
+    """The train, val and test splits of cfg.dataset at cfg's sizes (every loader returns GroupedData)."""
     sizes = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
-    return {split: waterbirds_like(split, n, image_size=cfg.image_size, p_corr=cfg.p_corr, seed=cfg.data_seed) for split, n in sizes.items()}
+    loaders = {
+        "waterbirds_like": lambda split, n: waterbirds_like(split, n, image_size=cfg.image_size, p_corr=cfg.p_corr, seed=cfg.data_seed),
+        "colored_digits": lambda split, n: colored_digits(split, n, p_corr=cfg.p_corr, seed=cfg.data_seed),
+        "waterbirds": lambda split, n: waterbirds(None, split, image_size=cfg.image_size, n=n, seed=cfg.data_seed),
+        "celeba": lambda split, n: celeba(None, split, image_size=cfg.image_size, n=n, seed=cfg.data_seed),
+    }
+    if cfg.dataset not in loaders:
+        raise ValueError(f"cfg.dataset must be one of {DATASETS}, got {cfg.dataset!r}")
+    return {split: loaders[cfg.dataset](split, n) for split, n in sizes.items()}
 
 
 def _seed_model(seed: int, role: str) -> None:
@@ -145,7 +160,12 @@ def _seed_model(seed: int, role: str) -> None:
 
 
 def _augment(cfg: SpuriousConfig):
-    return flip_and_shift(max(1, cfg.image_size // 8)) if cfg.augment else None
+    # Flips keep waterbirds_like's labels; photographs are only mirrored; a mirrored digit is another digit.
+    if not cfg.augment:
+        return None
+    if cfg.dataset == "colored_digits":
+        return flip_and_shift(2, horizontal=False, vertical=False)
+    return flip_and_shift(max(1, cfg.image_size // 8), vertical=cfg.dataset == "waterbirds_like")
 
 
 def _optimizer_and_schedule(model: nn.Module, cfg: SpuriousConfig, steps: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
