@@ -59,7 +59,7 @@ def plot_group_accuracies(rows: Sequence[Mapping[str, float | str]], group_names
         raise ValueError("rows is empty")
     columns = list(group_names) + list(extra)
     models = list(dict.fromkeys(str(row["model"]) for row in rows))
-    fig, ax = plt.subplots(figsize=(1.6 * len(columns) + 2, 3.6))
+    fig, ax = plt.subplots(figsize=(1.6 * len(columns) + 4, 3.6))
     width = 0.8 / len(models)
     for m, model in enumerate(models):
         values = np.array([[float(row[c]) for c in columns] for row in rows if row["model"] == model]) * 100
@@ -68,7 +68,7 @@ def plot_group_accuracies(rows: Sequence[Mapping[str, float | str]], group_names
     ax.set_xticks(np.arange(len(columns)), columns, rotation=15)
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 105)
-    ax.legend(fontsize=8, loc="lower left", ncol=2)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title("accuracy per group, mean ± std over seeds")
     fig.tight_layout()
     return fig
@@ -86,7 +86,7 @@ def plot_probes(probes: Mapping[str, Sequence[Mapping[str, float | str]]]) -> Fi
     if not probes:
         raise ValueError("probes is empty")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
-    for ax, target, title in zip(axes, ("label", "spurious"), ("label (the bird)", "spurious attribute (the background)")):
+    for ax, target, title in zip(axes, ("label", "spurious"), ("label", "spurious attribute")):
         for name, rows in probes.items():
             ax.plot([str(r["stage"]) for r in rows], [100 * float(r[target]) for r in rows], marker="o", label=name)
         ax.axhline(50, color="grey", lw=0.8, ls="--")
