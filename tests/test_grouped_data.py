@@ -196,3 +196,16 @@ def test_celeba_loader_reads_torchvisions_layout(tmp_path):
         celeba(tmp_path, "train", target="Blue_Hair")
     with pytest.raises(FileNotFoundError, match="(?s)celeba.*list_attr_celeba.txt.*KDTEACH_DATA"):
         celeba(tmp_path / "elsewhere", "train")
+
+
+def test_group_grid_has_a_row_per_group_and_tolerates_small_groups():
+    import matplotlib.pyplot as plt
+
+    from kdteach.plots import plot_group_grid
+
+    data = waterbirds_like("train", 60)  # the smallest group has fewer images than a row holds
+    fig = plot_group_grid(data, per_group=6)
+    rows = [ax for ax in fig.axes if ax.get_ylabel()]
+    assert [ax.get_ylabel().split("\n")[0] for ax in rows] == data.group_names
+    assert len(fig.axes) == 4 * 6
+    plt.close(fig)
