@@ -89,6 +89,8 @@ def test_conclusions_follow_the_numbers():
     assert "Best worst-group accuracy: Group DRO" in text and "group labels" in text
     assert "DeDiER does not win here: Group DRO reaches" in text
     assert not text.startswith("Smoke")
+    text = " ".join(dedier.conclusions(dedier.summarize(clear), mode="full", rows=clear))
+    assert "DeDiER - KD worst-group = +20.0, +19.0, +18.0 points: DeDiER ahead in 3 of 3 seeds." in text
 
     noisy = [_row("KD", w, 0.9, s) for s, w in enumerate((0.40, 0.60, 0.50))]
     noisy += [_row("DeDiER", w, 0.9, s) for s, w in enumerate((0.45, 0.65, 0.55))]

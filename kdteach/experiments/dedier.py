@@ -586,12 +586,35 @@ def display_rows(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in row.items() if k not in hidden and not (k == "note" and not v)} for row in summary]
 
 
-def conclusions(summary: Sequence[dict[str, Any]], *, mode: str) -> list[str]:
+def paired_differences(rows: Sequence[dict[str, Any]], method: str, reference: str, column: str = WORST) -> list[float]:
+    """Per-seed differences method - reference (in points), over the seeds both have a number for.
+
+    Students of the same seed start from the same initialisation and see the same batch order, so the difference
+    within a seed removes much of the seed-to-seed noise.
+
+    Args:
+        rows: per-seed rows of one dataset.
+        method, reference: the two methods.
+        column: the metric.
+
+    Returns:
+        One difference per shared seed, in seed order.
+    """
+    def values(name: str) -> dict[Any, float]:
+        return {r["seed"]: r[column] for r in rows if r["method"] == name and r.get("variant", "as in the paper") == "as in the paper"
+                and not math.isnan(r[column])}
+
+    ours, theirs = values(method), values(reference)
+    return [100 * (ours[s] - theirs[s]) for s in sorted(set(ours) & set(theirs))]
+
+
+def conclusions(summary: Sequence[dict[str, Any]], *, mode: str, rows: Sequence[dict[str, Any]] = ()) -> list[str]:
     """Sentences about one dataset's comparison, computed from the summary (never typed in).
 
     Args:
         summary: summarize(compare(...)) rows of ONE dataset.
         mode: "smoke" or "full" (smoke numbers are too small to conclude anything).
+        rows: the per-seed rows behind the summary; adds the DeDiER - KD difference seed by seed.
 
     Returns:
         A list of sentences.
@@ -614,6 +637,11 @@ def conclusions(summary: Sequence[dict[str, Any]], *, mode: str) -> list[str]:
             verdict = f"within the seed spread (largest std {spread:.1f}): no clear difference"
         lines.append(f"Worst-group accuracy: DeDiER {d['worst mean']:.1f}% vs KD {k['worst mean']:.1f}%, "
                      f"a difference of {gain:+.1f} points, {verdict}.")
+        paired = paired_differences(rows, "DeDiER", "KD")
+        if len(paired) >= 2:
+            wins = sum(p > 0 for p in paired)
+            lines.append(f"Seed by seed (same initialisation and batch order), DeDiER - KD worst-group = "
+                         f"{', '.join(f'{p:+.1f}' for p in paired)} points: DeDiER ahead in {wins} of {len(paired)} seeds.")
         lines.append(f"Average accuracy (train-weighted): DeDiER {d['average mean']:.1f}% vs KD {k['average mean']:.1f}% "
                      f"({d['average mean'] - k['average mean']:+.1f} points).")
     ranked = sorted((r for r in summary if not math.isnan(r["worst mean"])), key=lambda r: -r["worst mean"])
@@ -720,7 +748,7 @@ def run(mode: str = "smoke", out: str | Path | None = None, *, seed: int = 0, pr
         main += rows
         summary = summarize(rows)
         summaries += summary
-        lines[dataset] = conclusions(summary, mode=mode)
+        lines[dataset] = conclusions(summary, mode=mode, rows=rows)
         print(markdown_table(display_rows(summary)))
         print("\n".join(lines[dataset]))
         if dataset == "waterbirds_like":
