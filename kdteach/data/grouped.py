@@ -63,6 +63,14 @@ class ImageTransform:
             raise ValueError(f"std must be > 0 in every channel, got {tuple(std)}")
         self.mean = tuple(float(m) for m in mean) if mean is not None else None
         self.std = tuple(float(s) for s in std) if std is not None else None
+        self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _statistics(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        # Copied to the device once: a copy from host memory in every batch would make the host wait for the GPU.
+        if device not in self._on_device:
+            shape = (1, len(self.mean), 1, 1)
+            self._on_device[device] = (torch.tensor(self.mean, device=device).view(shape), torch.tensor(self.std, device=device).view(shape))
+        return self._on_device[device]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float().div(255.0)
@@ -70,8 +78,7 @@ class ImageTransform:
             return x
         if x.shape[1] != len(self.mean):
             raise ValueError(f"images have {x.shape[1]} channels but mean and std have {len(self.mean)}")
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        mean, std = self._statistics(x.device)
         return (x - mean) / std
 
     def __repr__(self) -> str:
@@ -189,7 +196,7 @@ class GroupedData:
     @property
     def transform(self) -> ImageTransform:
         """uint8 -> float in [0, 1], normalised with this dataset's mean and std (the same for every model)."""
-        return ImageTransform(self.mean, self.std)
+        return ImageTransform(self.mean, self.std)  # cheap; each Batches keeps its own, with statistics on its device
 
     def group_counts(self) -> np.ndarray:
         """(num_groups,) examples per group."""

@@ -110,7 +110,7 @@ class SpuriousConfig:
     augment: bool = True
     temperature: float = 3.0
     soft_weight: float = 1.0
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # worst-group accuracy varies a lot from seed to seed
     probe_rows: int = 2000
     mode: str = "full"
 
