@@ -114,3 +114,12 @@ def test_headless_command_writes_the_report(tmp_path, monkeypatch):
     assert [row["model"] for row in report["rows"]] == list(MODEL_NAMES.values())
     assert report["meta"]["mode"] == "smoke" and "training group proportions" in report["meta"]["average"]
     assert (tmp_path / "spurious_groups.png").stat().st_size > 1000 and (tmp_path / "spurious_probes.png").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_runs_on_a_gpu_with_amp_and_channels_last(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDTEACH_CACHE", str(tmp_path))
+    result = spurious.run_experiment(dataclasses.replace(TINY, seeds=(0,)), device="cuda", probes=True, progress=False)
+    assert len(result.rows) == 5 and next(result.models["student_alone"].parameters()).is_cuda
+    assert all(0 <= row[WORST] <= 1 for row in result.rows)
