@@ -561,23 +561,34 @@ class SimKDStudent(nn.Module):
 class SimKDLoss:
     """SimKD's loss: mean squared distance between a SimKDStudent's projected features and the teacher's features.
 
-    Reads batch["teacher_features"] (see teacher_features) and the features the model stored in its last forward.
-    Uses batch["weight"] when present.
+    The teacher's features come from batch["teacher_features"] (cached with teacher_features, for un-augmented
+    inputs) or from running `teacher` on the batch's (augmented) inputs. The student's projected features are the
+    ones the model stored in its last forward. Uses batch["weight"] when present.
 
     Args:
         model: the SimKDStudent being trained.
+        teacher: the teacher, needed when the batches carry no cached features.
     """
 
-    def __init__(self, model: SimKDStudent) -> None:
+    def __init__(self, model: SimKDStudent, *, teacher: nn.Module | None = None) -> None:
         self.model = model
+        self.teacher = teacher
+
+    def teacher_features(self, batch: Batch) -> torch.Tensor:
+        """The batch's cached teacher features, or the teacher's pooled last-stage features on batch["x"]."""
+        if "teacher_features" in batch:
+            return batch["teacher_features"]
+        if self.teacher is None:
+            raise ValueError("SimKDLoss needs batch['teacher_features'] (cache them with kdteach.debias.teacher_features) or a teacher")
+        with torch.no_grad(), student_left_as_is(self.teacher):
+            return _pooled(self.teacher.features(batch["x"])[self.teacher.stage_names[-1]]).float()
 
     def __call__(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:  # noqa: ARG002 - logits unused
-        if "teacher_features" not in batch:
-            raise ValueError("SimKDLoss needs batch['teacher_features'] (cache them with kdteach.debias.teacher_features)")
+        target = self.teacher_features(batch)
         projected = self.model.projected
         if projected is None:
             raise RuntimeError("SimKDLoss: the model has not run a forward pass")
-        per_example = (projected.float() - batch["teacher_features"].float()).pow(2).sum(dim=1)
+        per_example = (projected.float() - target.float()).pow(2).sum(dim=1)
         if "weight" in batch:
             per_example = per_example * batch["weight"]
         return per_example.mean()

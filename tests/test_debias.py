@@ -373,6 +373,14 @@ def test_simkd_student_reads_through_the_frozen_teacher_head():
     assert history.epochs[-1]["train_loss"] < history.epochs[0]["train_loss"]
     x = batches.tensors["x"][:4]
     assert torch.allclose(simkd.eval()(x), teacher.classifier(simkd.projector(student.features(x)["pooled"])), atol=1e-6)
+    # Without cached features, the loss runs the teacher on the batch: the same number.
+    batch = {"x": x, "teacher_features": batches.tensors["teacher_features"][:4]}
+    outputs = simkd(x)
+    cached = SimKDLoss(simkd)(outputs, batch)
+    live = SimKDLoss(simkd, teacher=teacher)(outputs, {"x": x})
+    assert torch.allclose(cached, live, atol=1e-5)
+    with pytest.raises(ValueError, match="teacher"):
+        SimKDLoss(simkd)(outputs, {"x": x})
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,25 +8,36 @@ import math
 import pytest
 import torch
 
-from kdteach.experiments import dedier
+from kdteach.experiments import dedier, spurious
 
 TINY = dataclasses.replace(
-    dedier.SMOKE_CONFIG,
-    waterbirds_sizes=(96, 48, 48), image_size=8, teacher_depth=8, teacher_width=4, teacher_epochs=1,
-    student_width=4, epochs=2, batch_size=32, seeds=(0,), sweep_settings=((1.0, 2.0),), stages=("layer1", "layer2"),
+    dedier.SMOKE_CONFIG, student_width=4, epochs=2, batch_size=32, seeds=(0,), sweep_settings=((1.0, 2.0),), stages=("layer1", "layer2"),
 )
+# Notebook 02's smoke data and teacher, smaller still.
+TINY_SPURIOUS = dataclasses.replace(spurious.SMOKE_CONFIG, n_train=96, n_val=48, n_test=48, image_size=8, teacher_width=4, teacher_epochs=1)
 
 
 @pytest.fixture(scope="module")
 def prep():
-    return dedier.prepare("waterbirds_like", TINY, "cpu", progress=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(spurious, "config", lambda mode=None: TINY_SPURIOUS)
+        yield dedier.prepare("waterbirds_like", TINY, "cpu", progress=False)
 
 
-def test_prepare_caches_teacher_outputs(prep):
+def test_prepare_uses_notebook02_data_and_caches_teacher_outputs(prep):
+    assert len(prep.train) == 96 and prep.train.images.shape[-1] == 8
     assert prep.teacher_logits.shape == (96, 2)
-    assert prep.teacher_features.shape == (96, 4 * TINY.teacher_width)
+    assert prep.teacher_features.shape == (96, 4 * TINY_SPURIOUS.teacher_width)
     assert not prep.teacher.training
+    assert prep.augment is None  # TINY.augment is False: cached teacher outputs
     assert torch.equal(prep.minority, prep.train.spurious != prep.train.labels)
+
+
+def test_augmented_students_run_the_teacher_every_step(prep):
+    augmented = dataclasses.replace(prep, augment=spurious.flip_and_shift(1))
+    for method in ("KD", "SimKD-style"):
+        run = dedier.train_student(method, augmented, dataclasses.replace(TINY, epochs=1), progress=False)
+        assert 0 <= run.row[dedier.WORST] <= 1
 
 
 def test_every_method_runs_and_selects_on_validation(prep):

@@ -15,10 +15,9 @@ code does differently (sticky weights, freezing the shared early modules, BatchN
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,15 +26,14 @@ import torch
 from torch import nn
 
 from kdteach import runtime
-from kdteach.data.batches import Batches
-from kdteach.data.grouped import GroupedData, celeba, colored_digits, waterbirds, waterbirds_like
+from kdteach.data.grouped import GroupedData
 from kdteach.debias import (
     DeDiERReweighting,
-    confidence_margin,
     EarlyReadout,
     GroupDROLoss,
     SimKDLoss,
     SimKDStudent,
+    confidence_margin,
     confident_error_retrieval,
     dedier_weights,
     jtt_error_set,
@@ -45,10 +43,11 @@ from kdteach.debias import (
     weights_by_group,
 )
 from kdteach.distill import KDLoss, cache_teacher_logits
+from kdteach.experiments import spurious
 from kdteach.experiments.report import mean_std, markdown_table, write_report
 from kdteach.groups import group_metrics
 from kdteach.models.resnet import resnet18, resnet50, resnet_cifar
-from kdteach.train import History, cross_entropy_loss, fit, load_checkpoint, predict, save_atomic
+from kdteach.train import History, cross_entropy_loss, fit, predict
 
 METHODS = ("ERM", "KD", "JTT", "Group DRO", "SimKD-style", "DeDiER")
 DATASETS = ("waterbirds_like", "colored_digits")
@@ -66,15 +65,20 @@ WORST, AVERAGE = "worst-group", "average (train-weighted)"
 class DeDiERConfig:
     """Sizes, schedules and hyperparameters of notebook 03. config() picks the smoke or the full one.
 
+    The stand-in datasets and their teachers are notebook 02's (kdteach.experiments.spurious, same mode): the same
+    waterbirds_like splits, and its group-balanced teacher (a debiased teacher, trained with flips and shifts; the
+    paper used Group DRO teachers), reloaded from the cache when notebook 02 has run.
+
     Attributes:
-        waterbirds_sizes, digits_sizes: (train, val, test) sizes; None is the whole split.
-        image_size: side of waterbirds_like's images.
-        teacher_depth, teacher_width, student_depth, student_width: CIFAR ResNets (depth 6n + 2).
-        teacher_epochs, teacher_lr: the teacher, trained on group-balanced batches (a debiased teacher; the paper
-            used Group DRO).
-        reuse_notebook02_teacher: on waterbirds_like, use notebook 02's debiased teacher and its splits (full mode;
-            the smoke configuration trains its own small teacher, which is faster than notebook 02's smoke one).
-        epochs, batch_size, lr, weight_decay: every student (AdamW).
+        mode: "full" or "smoke": which notebook 02 configuration supplies the data and the teachers.
+        digits_sizes: (train, val, test) sizes of colored_digits (None: a whole split).
+        real_sizes, real_image_size, real_teacher_epochs: the real datasets (Waterbirds, CelebA), with an
+            ImageNet-pretrained ResNet-50 teacher and ResNet-18 student.
+        student_depth, student_width: the stand-ins' student, a CIFAR ResNet (depth 6n + 2).
+        epochs, batch_size, lr, weight_decay: every student (AdamW, cosine schedule).
+        augment: train students on notebook 02's flips and shifts; the teacher then runs in every step. Off by
+            default: the teacher's logits are computed once, and the readout is scored on the images the student
+            trains on.
         temperature, soft_weight: KD and DeDiER's loss (the paper: T = 3, pure soft targets).
         readout_stage, readout_head, readout_epochs, readout_lr, readout_batch_size: the early readout (the paper:
             layer1, a conv head, one epoch after every student epoch; None batch size: the students').
@@ -88,20 +92,18 @@ class DeDiERConfig:
         margins: margin thresholds of the precision / recall table.
     """
 
-    waterbirds_sizes: tuple[int | None, int | None, int | None] = (None, None, None)
+    mode: str = "full"
     digits_sizes: tuple[int | None, int | None, int | None] = (12000, 2000, 5000)
-    image_size: int = 32
-    teacher_depth: int = 20
-    teacher_width: int = 32
-    teacher_epochs: int = 30
-    teacher_lr: float = 1e-3
-    reuse_notebook02_teacher: bool = True
+    real_sizes: tuple[int | None, int | None, int | None] = (None, None, None)
+    real_image_size: int = 224
+    real_teacher_epochs: int = 10
     student_depth: int = 8
     student_width: int = 16
     epochs: int = 20
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    augment: bool = False
     temperature: float = 3.0
     soft_weight: float = 1.0
     readout_stage: str = "layer1"
@@ -120,21 +122,11 @@ class DeDiERConfig:
     stages: tuple[str, ...] = ("layer1", "layer2", "layer3")
     margins: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75)
 
-    def teacher_key(self) -> str:
-        """A short hash of the fields that decide a teacher (data, architecture, schedule): its cache name.
-
-        Student settings are left out, so a sweep over them reloads the same teacher.
-        """
-        fields = ("waterbirds_sizes", "digits_sizes", "image_size", "teacher_depth", "teacher_width", "teacher_epochs",
-                  "teacher_lr", "batch_size", "weight_decay", "select")
-        return hashlib.sha1(repr([(name, getattr(self, name)) for name in fields]).encode()).hexdigest()[:10]
-
 
 SMOKE_CONFIG = DeDiERConfig(
-    waterbirds_sizes=(600, 300, 400), digits_sizes=(600, 300, 400), image_size=16,
-    teacher_depth=8, teacher_width=16, teacher_epochs=4, reuse_notebook02_teacher=False, student_depth=8, student_width=8, epochs=3,
-    lr=3e-3, readout_batch_size=32, jtt_epochs=1, dro_step_size=0.05, seeds=(0,), sweep_settings=((0.05, 2.0), (1.0, 4.0)),
-    margins=(0.0, 0.5),
+    mode="smoke", digits_sizes=(600, 300, 400), real_sizes=(600, 300, 300), real_teacher_epochs=1, student_width=8,
+    epochs=3, lr=3e-3, readout_batch_size=32, jtt_epochs=1, dro_step_size=0.05, seeds=(0,),
+    sweep_settings=((0.05, 2.0), (1.0, 4.0)), margins=(0.0, 0.5),
 )
 
 
@@ -157,9 +149,10 @@ class Prepared:
         name: the dataset's name.
         train, val, test: the splits.
         teacher: the teacher (eval mode).
-        teacher_logits: (N_train, C) teacher logits.
+        teacher_logits: (N_train, C) teacher logits on the un-augmented training images.
         teacher_features: (N_train, D) teacher pooled features (for the SimKD-style student).
         teacher_row: the teacher's test group metrics.
+        augment: the students' augmentation (None: none; then the cached outputs are used).
         device: where everything lives.
     """
 
@@ -171,6 +164,7 @@ class Prepared:
     teacher_logits: torch.Tensor
     teacher_features: torch.Tensor
     teacher_row: dict[str, float]
+    augment: Any
     device: torch.device
 
     @property
@@ -179,61 +173,29 @@ class Prepared:
         return self.train.spurious != self.train.labels
 
 
-def load_splits(dataset: str, cfg: DeDiERConfig, *, root: str | Path | None = None) -> tuple[GroupedData, GroupedData, GroupedData]:
-    """The train / val / test splits of a dataset at the configuration's sizes.
-
-    Args:
-        dataset: "waterbirds_like", "colored_digits", or the real "waterbirds" / "celeba" (from root or the data folders).
-        cfg: the configuration.
-        root: folder of a real dataset.
-
-    Returns:
-        (train, val, test).
-    """
-    if dataset == "waterbirds_like":
-        return tuple(waterbirds_like(split, n, image_size=cfg.image_size) for split, n in zip(("train", "val", "test"), cfg.waterbirds_sizes))
-    if dataset == "colored_digits":
-        return tuple(colored_digits(split, n) for split, n in zip(("train", "val", "test"), cfg.digits_sizes))
-    if dataset == "waterbirds":
-        return tuple(waterbirds(root, split, n=n, image_size=cfg.image_size) for split, n in zip(("train", "val", "test"), cfg.waterbirds_sizes))
-    if dataset == "celeba":
-        return tuple(celeba(root, split, n=n, image_size=cfg.image_size) for split, n in zip(("train", "val", "test"), cfg.digits_sizes))
-    raise ValueError(f"dataset must be one of {DATASETS + ('waterbirds', 'celeba')}, got {dataset!r}")
-
-
 def _real(dataset: str) -> bool:
     return dataset in ("waterbirds", "celeba")
 
 
-def teacher_model(dataset: str, cfg: DeDiERConfig, num_classes: int, in_channels: int) -> nn.Module:
-    """The teacher: a CIFAR ResNet for the stand-ins, ImageNet-pretrained ResNet-50 for real data (as in the paper)."""
+def notebook02_config(dataset: str, cfg: DeDiERConfig) -> "spurious.SpuriousConfig":
+    """Notebook 02's configuration for a dataset: its data sizes and its teachers (waterbirds_like: exactly
+    notebook 02's, so its cached teacher is reloaded; colored_digits: cfg.digits_sizes)."""
+    base = spurious.config(cfg.mode)
+    if dataset == "waterbirds_like":
+        return base
+    if dataset == "colored_digits":
+        return dataclasses.replace(base, dataset=dataset, n_train=cfg.digits_sizes[0], n_val=cfg.digits_sizes[1], n_test=cfg.digits_sizes[2])
     if _real(dataset):
-        return resnet50(num_classes, weights="IMAGENET1K_V1")
-    return resnet_cifar(cfg.teacher_depth, cfg.teacher_width, num_classes, in_channels)
+        return dataclasses.replace(base, dataset=dataset, n_train=cfg.real_sizes[0], n_val=cfg.real_sizes[1], n_test=cfg.real_sizes[2],
+                                   image_size=cfg.real_image_size)
+    raise ValueError(f"dataset must be one of {DATASETS + ('waterbirds', 'celeba')}, got {dataset!r}")
 
 
 def student_model(dataset: str, cfg: DeDiERConfig, num_classes: int, in_channels: int) -> nn.Module:
-    """The student: a smaller CIFAR ResNet for the stand-ins, ImageNet-pretrained ResNet-18 for real data."""
+    """The student: a small CIFAR ResNet for the stand-ins, ImageNet-pretrained ResNet-18 for real data."""
     if _real(dataset):
         return resnet18(num_classes, weights="IMAGENET1K_V1")
     return resnet_cifar(cfg.student_depth, cfg.student_width, num_classes, in_channels)
-
-
-def group_scores(model: nn.Module, data: GroupedData, *, train_counts: np.ndarray | None = None, batch_size: int = 512) -> dict[str, float]:
-    """Group metrics of a model on a split (worst-group, the average conventions, each group).
-
-    Args:
-        model: the classifier.
-        data: the split.
-        train_counts: training group counts for the train-weighted average.
-        batch_size: rows per forward pass.
-
-    Returns:
-        kdteach.groups.group_metrics' dict.
-    """
-    device = next(model.parameters()).device
-    logits = predict(model, data.batches(batch_size, device=device))
-    return group_metrics(logits, data.labels, data.groups, data.num_groups, train_group_counts=train_counts, group_names=data.group_names)
 
 
 def _val_metrics(val: GroupedData, device: torch.device, batch_size: int):
@@ -252,77 +214,46 @@ def _optimizer(model: nn.Module, cfg: DeDiERConfig, steps: int, lr: float | None
     return {"optimizer": optimizer, "scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)}
 
 
-def train_teacher(dataset: str, cfg: DeDiERConfig, train: GroupedData, val: GroupedData, device: torch.device, *, progress: bool = True) -> nn.Module:
-    """Trains (or reloads from the cache) a debiased teacher: group-balanced batches, selected on validation.
-
-    The paper distils from Group DRO teachers: debiased, so that what the student loses is the student's own doing.
-    Here the teacher sees group-balanced batches (every group equally often), as notebook 02's debiased teacher
-    does, so that notebook 03 can reuse notebook 02's teacher (see prepare).
-
-    Args:
-        dataset: the dataset's name (part of the cache key).
-        cfg: the configuration.
-        train, val: the splits.
-        device: where to train.
-        progress: show progress bars.
-
-    Returns:
-        The teacher in eval mode.
-    """
+def _real_teacher(dataset: str, cfg: DeDiERConfig, splits: dict[str, GroupedData], device: torch.device, progress: bool) -> nn.Module:
+    # The paper's pairing: an ImageNet-pretrained ResNet-50 teacher, fine-tuned on group-balanced batches (cached).
+    path = runtime.cache_dir() / "dedier" / f"teacher-{dataset}-resnet50-n{len(splits['train'])}-e{cfg.real_teacher_epochs}.pt"
     torch.manual_seed(0)
-    model = teacher_model(dataset, cfg, train.num_classes, train.images.shape[1]).to(device)
-    path = runtime.cache_dir() / "dedier" / f"teacher-{dataset}-{cfg.teacher_key()}-n{len(train)}.pt"
-    if path.exists():
-        model.load_state_dict(load_checkpoint(path, map_location=device))
-        return model.eval()
-    batches = train.batches(cfg.batch_size, device=device, balanced=True, seed=0)
-    fit(model, batches, epochs=cfg.teacher_epochs, **_optimizer(model, cfg, cfg.teacher_epochs * len(batches), cfg.teacher_lr),
-        metrics=_val_metrics(val, device, 512), select=cfg.select, progress=progress, desc=f"teacher ({dataset})")
-    save_atomic(model.state_dict(), path)
+    model = resnet50(splits["train"].num_classes, weights="IMAGENET1K_V1").to(device)
+    batches = splits["train"].batches(cfg.batch_size, device=device, balanced=True, seed=0)
+    fit(model, batches, epochs=cfg.real_teacher_epochs, **_optimizer(model, cfg, cfg.real_teacher_epochs * len(batches)),
+        metrics=_val_metrics(splits["val"], device, 256), select=cfg.select, checkpoint=path, resume=True, progress=progress,
+        desc=f"teacher ({dataset})")
     return model.eval()
 
 
-def _notebook02_teacher(cfg: DeDiERConfig, device: torch.device, *, progress: bool) -> tuple[nn.Module, tuple[GroupedData, ...]] | None:
-    # Notebook 02's group-balanced teacher (seed 0) and its splits, trained there or here and cached either way.
-    # Its full configuration is the same data (waterbirds_like, 4795 / 1199 / 5794 at 32 pixels) and a ResNet-20.
-    try:
-        from kdteach.experiments import spurious
-
-        spurious_cfg = spurious.config("full")
-        splits = spurious.load_splits(spurious_cfg)
-        teacher, _ = spurious.train_or_load_teacher(spurious_cfg, "balanced", 0, splits=splits, device=device, progress=progress)
-    except (ImportError, AttributeError, TypeError) as error:  # notebook 02's module missing or changed
-        print(f"kdteach: notebook 02's teacher is not available ({error}); training notebook 03's own teacher")
-        return None
-    return teacher.eval(), (splits["train"], splits["val"], splits["test"])
-
-
-def prepare(dataset: str, cfg: DeDiERConfig, device: torch.device | str, *, root: str | Path | None = None, progress: bool = True) -> Prepared:
-    """Loads a dataset, trains or reloads its teacher, and caches the teacher's logits and features on train.
+def prepare(dataset: str, cfg: DeDiERConfig, device: torch.device | str, *, progress: bool = True) -> Prepared:
+    """Loads a dataset and its debiased teacher (notebook 02's, trained there or here and cached), and caches the
+    teacher's logits and features on the un-augmented training images.
 
     Args:
-        dataset: see load_splits.
+        dataset: "waterbirds_like", "colored_digits", or the real "waterbirds" / "celeba" (from the data folders).
         cfg: the configuration.
         device: where the data and models live.
-        root: folder of a real dataset.
         progress: show progress bars.
 
     Returns:
         Prepared.
     """
     device = torch.device(device)
-    reused = _notebook02_teacher(cfg, device, progress=progress) if dataset == "waterbirds_like" and cfg.reuse_notebook02_teacher else None
-    if reused is not None:
-        teacher, (train, val, test) = reused
+    spurious_cfg = notebook02_config(dataset, cfg)
+    splits = spurious.load_splits(spurious_cfg)
+    if _real(dataset):
+        teacher = _real_teacher(dataset, cfg, splits, device, progress)
     else:
-        train, val, test = load_splits(dataset, cfg, root=root)
-        teacher = train_teacher(dataset, cfg, train, val, device, progress=progress)
+        teacher, _ = spurious.train_or_load_teacher(spurious_cfg, "balanced", 0, splits=splits, device=device, progress=progress)
+    train = splits["train"]
     ordered = train.batches(512, device=device)
     return Prepared(
-        name=dataset, train=train, val=val, test=test, teacher=teacher,
+        name=dataset, train=train, val=splits["val"], test=splits["test"], teacher=teacher.eval(),
         teacher_logits=cache_teacher_logits(teacher, ordered),
         teacher_features=teacher_features(teacher, ordered),
-        teacher_row=group_scores(teacher, test, train_counts=train.group_counts()),
+        teacher_row=spurious.test_scores(teacher, splits["test"], train.group_counts()),
+        augment=spurious._augment(spurious_cfg) if cfg.augment else None,  # notebook 02's flips and shifts
         device=device,
     )
 
@@ -397,11 +328,13 @@ def train_student(
     reweighting = None
     note = ""
     model = new_student()
+    augmented = prep.augment is not None  # then the teacher runs on every augmented batch instead of cached outputs
     if method in ("KD", "DeDiER"):
-        extra["teacher_logits"] = prep.teacher_logits
-        loss_fn = KDLoss(temperature=cfg.temperature, soft_weight=cfg.soft_weight)
+        if not augmented:
+            extra["teacher_logits"] = prep.teacher_logits
+        loss_fn = KDLoss(temperature=cfg.temperature, soft_weight=cfg.soft_weight, teacher=prep.teacher if augmented else None)
     elif method == "JTT":
-        identify = data.batches(cfg.batch_size, device=device, shuffle=True, seed=seed)
+        identify = data.batches(cfg.batch_size, device=device, shuffle=True, seed=seed, augment=prep.augment)
         fit(model, identify, epochs=cfg.jtt_epochs, **_optimizer(model, cfg, cfg.jtt_epochs * len(identify)), progress=progress, desc=f"JTT identification ({prep.name})")
         errors = jtt_error_set(model, identify)
         try:
@@ -415,11 +348,12 @@ def train_student(
     elif method == "Group DRO":
         loss_fn = GroupDROLoss(data.num_groups, step_size=cfg.dro_step_size)
     elif method == "SimKD-style":
-        extra["teacher_features"] = prep.teacher_features
+        if not augmented:
+            extra["teacher_features"] = prep.teacher_features
         model = SimKDStudent(model, prep.teacher.classifier).to(device)
-        loss_fn = SimKDLoss(model)
+        loss_fn = SimKDLoss(model, teacher=prep.teacher if augmented else None)
 
-    train = data.batches(cfg.batch_size, device=device, shuffle=True, seed=seed, extra=extra)
+    train = data.batches(cfg.batch_size, device=device, shuffle=True, seed=seed, extra=extra, augment=prep.augment)
     if method == "DeDiER":
         sticky, freeze, drift = DEFECTS[variant]
         readout = EarlyReadout(stage, data.num_classes, head=cfg.readout_head, epochs=cfg.readout_epochs, lr=cfg.readout_lr,
@@ -429,7 +363,7 @@ def train_student(
                   metrics=_val_metrics(prep.val, device, 512), select=cfg.select, on_epoch_end=reweighting,
                   progress=progress, desc=f"{method} ({prep.name}, seed {seed})")
     model.eval()
-    scores = group_scores(model, prep.test, train_counts=data.group_counts())
+    scores = spurious.test_scores(model, prep.test, data.group_counts())
     row.update({WORST: scores["worst-group"], AVERAGE: scores[AVERAGE], "val metric": history.epochs[history.best_epoch][cfg.select],
                 "best epoch": history.best_epoch, "seconds": round(time.perf_counter() - started, 1)})
     return StudentRun(model, history, row, reweighting, note)
@@ -695,19 +629,12 @@ def ablation_sentence(summary: Sequence[dict[str, Any]], column: str, *, what: s
 
 
 def real_config(mode: str | None = None) -> DeDiERConfig:
-    """The real-data configuration (Waterbirds, CelebA; ResNet-50 teacher -> ResNet-18 student at 224 pixels).
-
-    For a Colab GPU: full Waterbirds (4795 training images) in full mode, 600 images in smoke mode. CelebA uses
-    digits_sizes (a 20k-image training subset in full mode).
-    """
-    mode = mode or runtime.mode()
-    full = mode == "full"
-    return dataclasses.replace(
-        config(mode), waterbirds_sizes=(None, None, None) if full else (600, 300, 300),
-        digits_sizes=(20000, 4000, 8000) if full else (600, 300, 300), image_size=224, batch_size=64,
-        teacher_epochs=10 if full else 1, epochs=10 if full else 1, lr=1e-4, teacher_lr=1e-4, weight_decay=1e-3,
-        stages=("layer1", "layer2", "layer3", "layer4"),
-    )
+    """The real-data configuration (Waterbirds, CelebA): ImageNet-pretrained ResNet-50 teacher -> ResNet-18 student
+    at 224 pixels, for a Colab GPU (full Waterbirds in full mode; 600 training images in smoke mode)."""
+    base = config(mode)
+    full = base.mode == "full"
+    return dataclasses.replace(base, batch_size=64, epochs=10 if full else 1, lr=1e-4, weight_decay=1e-3,
+                               stages=("layer1", "layer2", "layer3", "layer4"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
