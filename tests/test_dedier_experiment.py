@@ -150,3 +150,15 @@ def test_readout_findings_from_hand_made_diagnostics():
     # A lift of exactly 5 is "enriched"; "strongly" needs more than 5x.
     assert lines[2] == ("Errors with margin >= 0.50 are enriched in the minority groups: precision 100.0% against a "
                         "base rate of 20.0% (5.0x), recall 100.0%.")
+
+
+def test_full_mode_takes_notebook02_full_data_and_real_data_says_where_to_put_it(tmp_path, monkeypatch):
+    full = dedier.config("full")
+    assert dedier.notebook02_config("waterbirds_like", full) == spurious.config("full")  # so its teacher is reused
+    digits = dedier.notebook02_config("colored_digits", full)
+    assert (digits.dataset, digits.n_train) == ("colored_digits", full.digits_sizes[0])
+    monkeypatch.setenv("KDTEACH_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="Waterbirds|waterbird"):
+        dedier.prepare("waterbirds", dedier.real_config("smoke"), "cpu", progress=False)
+    with pytest.raises(ValueError, match="dataset"):
+        dedier.notebook02_config("imagenet", full)
