@@ -11,6 +11,14 @@ and sure of it. DeDiER turns that into per-example weights for the distillation 
 
 alpha is an exponent on the margin (with the paper's small alpha, margin**alpha is close to 1 for most margins,
 so the weight is close to a constant e^beta on readout errors); beta sets how large the upweight is.
+
+Implemented as the paper describes it, not as the official code does: the readout never moves the student's
+BatchNorm statistics, the weights are recomputed from scratch every epoch, nothing is frozen, and any number of
+classes works. DeDiERReweighting has switches that reproduce the official code's behaviour, for comparison.
+
+Also here: the baselines the paper compares with (JTT's error set and weights, the Group DRO loss, a SimKD-style
+student reading the teacher's frozen head) and diagnostics (readout accuracy and margins per group, precision and
+recall of "readout wrong with margin >= m" for minority membership, the weights each group receives).
 """
 from __future__ import annotations
 
