@@ -381,7 +381,8 @@ def _paired_difference(rows: Sequence[dict], model: str, reference: str, metric:
 
 
 def findings(rows: Sequence[dict[str, float | str]], *, smoke: bool = False) -> list[str]:
-    """What the numbers say about each distilled student against its teacher, worded from the numbers themselves.
+    """What the numbers say about each distilled student against its teacher, and against the student trained alone,
+    worded from the numbers themselves.
 
     A difference counts as a finding only when its mean over seeds exceeds its seed-to-seed standard deviation;
     otherwise the sentence says that it is within the spread.
@@ -399,7 +400,13 @@ def findings(rows: Sequence[dict[str, float | str]], *, smoke: bool = False) -> 
             "Smoke mode: tiny data and a few epochs, so these numbers are too small and noisy to show the effect; "
             "run the notebook in full mode (or `python -m kdteach spurious --mode full` on a GPU) for results."
         )
-    pairs = (("student_kd_erm", "teacher_erm"), ("student_kd_balanced", "teacher_balanced"), ("student_alone", "teacher_erm"))
+    pairs = (
+        ("student_kd_erm", "teacher_erm"),  # the question of the notebook: does the student lose more than its teacher?
+        ("student_kd_balanced", "teacher_balanced"),
+        ("student_alone", "teacher_erm"),  # is it the student's size, or the distillation?
+        ("student_kd_erm", "student_alone"),
+        ("student_kd_balanced", "student_alone"),
+    )
     for student, teacher in pairs:
         s_name, t_name = MODEL_NAMES[student], MODEL_NAMES[teacher]
         s_worst, t_worst = _values(rows, s_name, WORST), _values(rows, t_name, WORST)
@@ -411,11 +418,11 @@ def findings(rows: Sequence[dict[str, float | str]], *, smoke: bool = False) -> 
         if n < 2:
             verdict = "With one seed there is no spread to judge the difference against."
         elif abs(difference) <= spread or abs(difference) < 0.05:
-            verdict = f"The difference is within the seed-to-seed spread: no clear difference between the two."
+            verdict = "The difference is within the seed-to-seed spread: no clear difference between the two."
         elif difference < 0:
-            verdict = f"The student is clearly worse on the worst group than {t_name}: it leans more on the background."
+            verdict = f"{s_name} is clearly worse on the worst group than {t_name}: it leans more on the spurious attribute."
         else:
-            verdict = f"The student is clearly better on the worst group than {t_name}."
+            verdict = f"{s_name} is clearly better on the worst group than {t_name}."
         lines.append(
             f"{s_name} vs {t_name}: worst-group accuracy {100 * np.mean(list(s_worst.values())):.1f}% vs "
             f"{100 * np.mean(list(t_worst.values())):.1f}% (paired difference {difference:+.1f} points, seed-to-seed std "
