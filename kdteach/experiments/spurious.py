@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -156,7 +157,7 @@ def load_splits(cfg: SpuriousConfig) -> dict[str, GroupedData]:
 def _seed_model(seed: int, role: str) -> None:
     # Each model's initialisation depends on (seed, role) only, not on what ran before it: a teacher loaded from
     # the cache leaves the random state where a trained one would not, and the students must not notice.
-    torch.manual_seed(int(np.random.SeedSequence([seed, sum(map(ord, role))]).generate_state(1)[0]))
+    torch.manual_seed(int(np.random.SeedSequence([seed, zlib.crc32(role.encode())]).generate_state(1)[0]))
 
 
 def _augment(cfg: SpuriousConfig):
