@@ -94,6 +94,8 @@ def test_conclusions_follow_the_numbers():
     clear = [_row("KD", w, 0.9, s) for s, w in enumerate((0.50, 0.52, 0.51))]
     clear += [_row("DeDiER", w, 0.88, s) for s, w in enumerate((0.70, 0.71, 0.69))]
     clear += [_row("Group DRO", w, 0.85, s) for s, w in enumerate((0.80, 0.81, 0.79))]
+    ahead = clear + [_row(m, 0.75, 0.9, s) for m in ("JTT", "SimKD-style") for s in range(3)]
+    assert "DeDiER does not win here: Group DRO, JTT and SimKD-style reach" in " ".join(dedier.conclusions(dedier.summarize(ahead), mode="full"))
     lines = dedier.conclusions(dedier.summarize(clear), mode="full")
     text = " ".join(lines)
     assert "+19.0 points, larger than the seed spread" in text

@@ -586,7 +586,8 @@ def conclusions(summary: Sequence[dict[str, Any]], *, mode: str, rows: Sequence[
         if "DeDiER" in by_method and best["method"] != "DeDiER":
             ahead = [r["method"] for r in ranked if r["worst mean"] > by_method["DeDiER"]["worst mean"]]
             verb = "reaches" if len(ahead) == 1 else "reach"
-            lines.append(f"DeDiER does not win here: {' and '.join(ahead)} {verb} a higher worst-group accuracy.")
+            names = ahead[0] if len(ahead) == 1 else f"{', '.join(ahead[:-1])} and {ahead[-1]}"
+            lines.append(f"DeDiER does not win here: {names} {verb} a higher worst-group accuracy.")
     for row in summary:
         if row.get("note"):
             lines.append(f"{row['method']}: {row['note']}.")
