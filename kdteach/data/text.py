@@ -329,10 +329,9 @@ def load_civilcomments(
 
 # ---------------------------------------------------------------- the offline stand-in
 
-# The stand-in's world: a premise says what someone does; the hypothesis says whether someone moves or rests.
+# The stand-in's world: a premise says what one person does; the hypothesis says what someone does.
 _NAMES = ("alice", "bob", "carol", "dave")
 _VERBS = ("runs", "sleeps", "reads", "sings")
-_PLACES = ("in the park", "at home", "by the lake", "in the garden", "at school", "on the beach")
 # The shortcut: phrases holding a negation word that leave the meaning unchanged ...
 _NEGATION_PHRASES = ("no doubt", "as never before", "like nobody else", "and nothing else")
 # ... and phrases without one, so that a hypothesis' length says nothing about the label.
@@ -373,9 +372,9 @@ def nli_standin(
 ) -> dict[str, TextSplit]:
     """An offline NLI-style set with MultiNLI's negation shortcut planted in its training split.
 
-    Premise: "<name> <verb> <place>"; hypothesis: "<name'> moves / rests" plus a phrase. The label is
-    entailment (same person, same kind of activity), contradiction (same person, the other kind) or neutral
-    (another person). Reading it needs the premise: compare the names, then the kinds of activity.
+    Premise: "<name> <verb>"; hypothesis: "<name'> <verb'> <phrase>". The label is entailment (same person, same
+    verb), contradiction (same person, another verb) or neutral (another person, about whom the premise says
+    nothing). Reading the label needs both sentences: are the names the same, and the verbs?
     The shortcut: a phrase holding a negation word ("no doubt", "as never before", ...) that does not change the
     meaning. In training it comes with shortcut_rate of the contradictions and other_rate of the other pairs;
     in validation and test with half of every class, so a model that learned "negation -> contradiction" loses on
