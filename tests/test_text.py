@@ -32,11 +32,10 @@ datasets = pytest.importorskip("datasets")
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    # These models are tiny: a second CPU thread costs more in synchronisation than it saves.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    from kdteach.experiments.text import one_cpu_thread
+
+    with one_cpu_thread():  # tiny models: a second thread costs more than it saves
+        yield
 
 
 @pytest.fixture(scope="module")

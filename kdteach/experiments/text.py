@@ -76,6 +76,7 @@ __all__ = [
     "summarize",
     "findings",
     "TextResult",
+    "one_cpu_thread",
     "run_experiment",
     "run",
 ]
@@ -691,14 +692,15 @@ class TextResult:
 
 
 @contextlib.contextmanager
-def _one_thread_for_tiny_models(cfg: TextConfig, device: torch.device):
-    # The stand-in's models multiply 64 x 64 matrices: on a CPU a second thread costs more in synchronisation than
-    # it saves (on a shared 2-core machine, 2 threads took this experiment from about 1 minute to over 10).
-    if device.type != "cpu" or cfg.teacher != "tiny":
-        yield
-        return
+def one_cpu_thread(enabled: bool = True):
+    """Runs a block with torch on one CPU thread (when enabled), then restores the thread count.
+
+    The stand-in's models multiply 64 x 64 matrices: on a CPU a second thread costs more in synchronisation than
+    it saves (on a shared 2-core machine, 2 threads took this experiment from about 1 minute to over 10).
+    """
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if enabled:
+        torch.set_num_threads(1)
     try:
         yield
     finally:
@@ -721,7 +723,7 @@ def run_experiment(cfg: TextConfig, *, data: TextData | None = None, device: tor
     started = time.perf_counter()
     device = torch.device(device) if device is not None else runtime.pick_device()
     data = data if data is not None else load_data(cfg)
-    with _one_thread_for_tiny_models(cfg, device):
+    with one_cpu_thread(device.type == "cpu" and cfg.teacher == "tiny"):
         return _run(cfg, data, device, progress, mode, started)
 
 

@@ -120,6 +120,8 @@ def _check_sizes(**sizes: int) -> None:
     for name, value in sizes.items():
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    if sizes["hidden"] % sizes["heads"]:
+        raise ValueError(f"hidden ({sizes['hidden']}) must be divisible by heads ({sizes['heads']})")
 
 
 def tiny_bert(vocab_size: int, num_classes: int, *, hidden: int = 128, layers: int = 4, heads: int = 4, max_length: int = 64, dropout: float = 0.1, head_pool: str = "mean") -> TextClassifier:
@@ -141,8 +143,6 @@ def tiny_bert(vocab_size: int, num_classes: int, *, hidden: int = 128, layers: i
     from transformers import BertConfig, BertModel
 
     _check_sizes(vocab_size=vocab_size, hidden=hidden, layers=layers, heads=heads, max_length=max_length)
-    if hidden % heads:
-        raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
     config = BertConfig(
         vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
         intermediate_size=4 * hidden, max_position_embeddings=max_length, hidden_dropout_prob=dropout,
@@ -163,8 +163,6 @@ def tiny_distilbert(vocab_size: int, num_classes: int, *, hidden: int = 64, laye
     from transformers import DistilBertConfig, DistilBertModel
 
     _check_sizes(vocab_size=vocab_size, hidden=hidden, layers=layers, heads=heads, max_length=max_length)
-    if hidden % heads:
-        raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
     config = DistilBertConfig(
         vocab_size=vocab_size, dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=4 * hidden,
         max_position_embeddings=max_length, dropout=dropout, attention_dropout=dropout,
