@@ -277,34 +277,45 @@ def test_the_experiment_runs_end_to_end_on_a_tiny_configuration():
         text.config("smoke", "imdb")
 
 
-def test_full_mode_path_runs_offline_with_local_checkpoints_and_a_multinli_fixture(tmp_path, monkeypatch):
-    """Full mode's code path (Hub-style checkpoints and tokenizer through from_pretrained, MultiNLI through
-    datasets.load_dataset, checkpoints and resume) with everything local: tiny saved models and a fixture."""
+@pytest.fixture
+def local_checkpoints(tmp_path):
+    """Tiny BERT and DistilBERT saved like Hub checkpoints (config, weights, tokenizer) in local folders."""
     from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel
 
-    from kdteach.experiments import text
-
     standin = nli_standin(90, 40, 1, seed=4)
-    tokenizer = standin_tokenizer(standin["train"].texts + standin["train"].pairs)
+    words = standin["train"].texts + standin["train"].pairs + [" ".join(CIVIL_IDENTITIES).lower()]
+    tokenizer = standin_tokenizer(words)
     teacher_dir, student_dir = tmp_path / "bert", tmp_path / "distilbert"
     tokenizer.save_pretrained(teacher_dir)
     BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                          intermediate_size=64, max_position_embeddings=32)).save_pretrained(teacher_dir)
     DistilBertModel(DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
                                      max_position_embeddings=32)).save_pretrained(student_dir)
+    return standin, str(teacher_dir), str(student_dir)
 
-    def hub_rows(split):  # the Hub layout of nyu-mll/multi_nli, built from the stand-in's pairs
+
+def _full_config(dataset, teacher, student, sizes):
+    from kdteach.experiments import text
+
+    return dataclasses.replace(text.config("full", dataset), teacher=teacher, student=student, sizes=sizes, max_length=16,
+                               batch_size=16, teacher_epochs=1, epochs=1, warmup_steps=2, seeds=(0,))
+
+
+def test_full_mode_path_runs_offline_with_local_checkpoints_and_a_multinli_fixture(local_checkpoints, tmp_path, monkeypatch):
+    """Full mode's code path (Hub-style checkpoints and tokenizer through from_pretrained, MultiNLI through
+    datasets.load_dataset, checkpoints and resume) with everything local: tiny saved models and a fixture."""
+    from kdteach.experiments import text
+
+    standin, teacher, student = local_checkpoints
+
+    def fake_load_dataset(name, split=None, **kwargs):  # the Hub layout of nyu-mll/multi_nli
+        assert name == "nyu-mll/multi_nli" and split in ("train", "validation_matched")
         part = standin["train" if split == "train" else "val"]
         return datasets.Dataset.from_dict({"premise": part.texts, "hypothesis": part.pairs, "label": part.labels.tolist()})
 
-    def fake_load_dataset(name, split=None, **kwargs):
-        assert name == "nyu-mll/multi_nli" and split in ("train", "validation_matched")
-        return hub_rows(split)
-
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     monkeypatch.setenv("KDTEACH_CACHE", str(tmp_path / "cache"))
-    cfg = dataclasses.replace(text.config("full", "multinli"), teacher=str(teacher_dir), student=str(student_dir), sizes=(80, None, None),
-                              max_length=16, batch_size=16, teacher_epochs=1, epochs=1, warmup_steps=2, seeds=(0,))
+    cfg = _full_config("multinli", teacher, student, (80, None, None))
     data = text.load_data(cfg)
     assert len(data.splits["train"]) == 80 and len(data.splits["val"]) + len(data.splits["test"]) == 40
     result = text.run_experiment(cfg, data=data, device="cpu", progress=False, mode="full")
@@ -312,3 +323,34 @@ def test_full_mode_path_runs_offline_with_local_checkpoints_and_a_multinli_fixtu
     assert result.diagnostics["stage"] == "layer2" and len(result.diagnostics["rows"]) == 6
     written = sorted(p.name for p in (tmp_path / "cache" / "text").iterdir())
     assert len(written) == 3 and all(name.startswith("multinli-") for name in written)  # teacher, KD, DeDiER
+
+
+def test_civilcomments_path_with_overlapping_groups(local_checkpoints, tmp_path, monkeypatch):
+    """CivilComments end to end from a WILDS-layout CSV: overlapping groups in the metrics, (any identity) x label
+    groups for the teacher's balanced batches and the readout's diagnostics."""
+    from kdteach.experiments import text
+
+    _, teacher, student = local_checkpoints
+    generator = torch.Generator().manual_seed(0)
+    path = tmp_path / "civil.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["comment_text", "split", "toxicity", *CIVIL_IDENTITIES])
+        for i in range(120):
+            mentions = (torch.rand(len(CIVIL_IDENTITIES), generator=generator) < 0.25).float().tolist()
+            words = [n.lower() for n, m in zip(CIVIL_IDENTITIES, mentions) if m] or ["alice"]
+            writer.writerow([" ".join(words) + " runs", ("train", "train", "val", "test")[i % 4], float(i % 3 == 0), *mentions])
+    monkeypatch.setenv("KDTEACH_DATA", str(tmp_path))
+    (tmp_path / "civilcomments").mkdir()
+    path.rename(tmp_path / "civilcomments" / "all_data_with_identities.csv")
+    monkeypatch.setenv("KDTEACH_CACHE", str(tmp_path / "cache"))
+    cfg = dataclasses.replace(_full_config("civilcomments", teacher, student, (None, None, None)), checkpoint=False)
+    data = text.load_data(cfg)
+    train = data.splits["train"]
+    assert len(train) == 60 and train.groups.shape == (60, 16) and (train.groups.sum(dim=1) > 1).any()  # overlaps
+    assert data.balance_names == ("non-toxic, no identity", "non-toxic, identity", "toxic, no identity", "toxic, identity")
+    assert sum(r["train"] for r in text.group_count_rows(data)) == int(train.groups.sum())
+    assert len(text.shortcut_rates(train)) == 2 and text.example_rows(train)
+    result = text.run_experiment(cfg, data=data, device="cpu", progress=False, mode="full")
+    assert all(0.0 <= r["worst-group"] <= r["average (uniform)"] + 1e-9 for r in result.rows)
+    assert len(result.diagnostics["rows"]) == 4 and text.conflicting_groups(data) == [1, 2]
