@@ -25,7 +25,7 @@ from kdteach.data.text import (
     standin_tokenizer,
 )
 from kdteach.debias import EarlyReadout
-from kdteach.models.text import TextClassifier, tiny_bert, tiny_distilbert, unpack_text
+from kdteach.models.text import tiny_bert, tiny_distilbert, unpack_text
 
 datasets = pytest.importorskip("datasets")
 

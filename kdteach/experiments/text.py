@@ -3,7 +3,8 @@
 - load_data(): the splits (the offline stand-in, MultiNLI or CivilComments) and a tokenizer, encoded once;
 - train_teacher(): a debiased teacher (group-balanced batches), selected on validation mean-group accuracy;
 - train_student(): a student distilled at T = 3 with plain KD or with DeDiER's weights from an early readout
-  on a transformer layer ([CLS] state, retrained after every student epoch on detached features);
+  on a transformer layer (its [CLS] or mean-pooled state, retrained after every student epoch on detached
+  features);
 - readout_diagnostics(): the readout's accuracy, margin and DeDiER weight in each training group;
 - run(): everything, headless (`python -m kdteach text --mode smoke|full --out DIR`).
 
@@ -30,8 +31,6 @@ from kdteach import runtime
 from kdteach.data.batches import Batches
 from kdteach.data.grouped import GroupBalancedBatches
 from kdteach.data.text import (
-    CIVIL_IDENTITIES,
-    NEGATION_WORDS,
     TextSplit,
     encode_text,
     load_civilcomments,
@@ -51,7 +50,7 @@ from kdteach.models.text import (
     tiny_bert,
     tiny_distilbert,
 )
-from kdteach.train import History, fit, load_checkpoint, predict, save_atomic
+from kdteach.train import History, fit, predict
 
 __all__ = [
     "DATASETS",
@@ -155,7 +154,9 @@ class TextConfig:
 
 # The stand-in's settings, where they differ from the paper's MultiNLI ones, and why:
 # - tiny models from random weights, not pretrained ones: teacher 128 wide, student 64 wide, 2 layers each;
-# - readout on the mean-pooled layer1 (of 2) rather than [CLS]: an untrained [CLS] reads little after one layer;
+# - the tiny models' heads and the readout read mean-pooled token states, not [CLS]: from random weights [CLS]
+#   is slow to collect anything (with the mean, the teacher learned the stand-in in fewer epochs in our runs);
+# - the readout reads layer1 of 2 (the paper: layer 2 of DistilBERT's 6);
 # - no dropout, a higher learning rate: the stand-in is small and noise-free, and CI has seconds, not hours.
 STANDIN_SMOKE = TextConfig(
     dataset="standin", sizes=(3000, 600, 1200), max_length=12, teacher="tiny", student="tiny",
