@@ -15,6 +15,7 @@ decides them, so a rerun (or notebook 03) reloads them instead of training again
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import time
@@ -184,14 +185,28 @@ def _validation_metrics(val: GroupedData, device: torch.device):
     return metrics
 
 
+@contextlib.contextmanager
+def _smoke_threads(cfg: SpuriousConfig, device: torch.device):
+    # Smoke-size ResNets gain nothing from a second CPU thread, and on a shared 2-core machine OpenMP threads
+    # waiting for a busy core took notebook 02 from under 1 minute to over 6: smoke runs on a CPU use one thread.
+    threads = torch.get_num_threads()
+    if cfg.mode == "smoke" and device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _train(model: nn.Module, cfg: SpuriousConfig, batches, val: GroupedData, epochs: int, device: torch.device, *, loss_fn=None, checkpoint: Path | None = None, progress: bool, desc: str) -> History:
     optimizer, scheduler = _optimizer_and_schedule(model, cfg, epochs * len(batches))
     extra = {"loss_fn": loss_fn} if loss_fn is not None else {}
-    return fit(
-        model, batches, epochs=epochs, optimizer=optimizer, scheduler=scheduler, metrics=_validation_metrics(val, device),
-        select=SELECT, device=device, channels_last=device.type == "cuda", checkpoint=checkpoint,
-        resume=checkpoint is not None, progress=progress, desc=desc, **extra,
-    )
+    with _smoke_threads(cfg, device):
+        return fit(
+            model, batches, epochs=epochs, optimizer=optimizer, scheduler=scheduler, metrics=_validation_metrics(val, device),
+            select=SELECT, device=device, channels_last=device.type == "cuda", checkpoint=checkpoint,
+            resume=checkpoint is not None, progress=progress, desc=desc, **extra,
+        )
 
 
 def teacher_checkpoint(cfg: SpuriousConfig, kind: str, seed: int) -> Path:
