@@ -5,10 +5,12 @@ never parse environment variables themselves.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -88,6 +90,27 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+@contextlib.contextmanager
+def cpu_threads(count: int | None) -> Iterator[None]:
+    """Runs a block with torch on `count` CPU threads, then restores the previous count (None: leave it alone).
+
+    The course's smoke-size models multiply small matrices: on a CPU a second thread costs more in synchronisation
+    than it saves, and on a busy 2-core machine waiting OpenMP threads slowed smoke notebooks several times over.
+
+    Args:
+        count: threads to use inside the block, or None for no change.
+    """
+    if count is not None and count < 1:
+        raise ValueError(f"count must be >= 1 or None, got {count}")
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def pick_device() -> torch.device:

@@ -72,16 +72,6 @@ def _erm_scores(p_corr: float) -> tuple[float, float]:
     return average, worst_group_accuracy(preds, test.labels, test.groups, 4)
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny convolutions gain little from a second thread, and on a shared machine OpenMP threads that wait for a
-    # busy core slow training several times over; one thread keeps this test's time predictable.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.timeout(300)  # about 20 s of CPU time; the limit only guards against a hang
 def test_erm_learns_the_background_although_the_shape_is_learnable(one_thread):
     average, worst = _erm_scores(p_corr=0.95)

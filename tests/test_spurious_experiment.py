@@ -16,14 +16,7 @@ TINY = dataclasses.replace(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny convolutions gain nothing from a second thread, and on a busy machine waiting OpenMP threads slow them
-    # several times over.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the fixture lives in conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -30,12 +30,7 @@ from kdteach.models.text import tiny_bert, tiny_distilbert, unpack_text
 datasets = pytest.importorskip("datasets")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    from kdteach.experiments.text import one_cpu_thread
-
-    with one_cpu_thread():  # tiny models: a second thread costs more than it saves
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # the fixture lives in conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -185,17 +185,9 @@ def _validation_metrics(val: GroupedData, device: torch.device):
     return metrics
 
 
-@contextlib.contextmanager
-def _smoke_threads(cfg: SpuriousConfig, device: torch.device):
-    # Smoke-size ResNets gain nothing from a second CPU thread, and on a shared 2-core machine OpenMP threads
-    # waiting for a busy core took notebook 02 from under 1 minute to over 6: smoke runs on a CPU use one thread.
-    threads = torch.get_num_threads()
-    if cfg.mode == "smoke" and device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+def _smoke_threads(cfg: SpuriousConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    # Smoke-size ResNets gain nothing from a second CPU thread (see runtime.cpu_threads): smoke runs use one.
+    return runtime.cpu_threads(1 if cfg.mode == "smoke" and device.type == "cpu" else None)
 
 
 def _train(model: nn.Module, cfg: SpuriousConfig, batches, val: GroupedData, epochs: int, device: torch.device, *, loss_fn=None, checkpoint: Path | None = None, progress: bool, desc: str) -> History:

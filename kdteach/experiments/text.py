@@ -14,7 +14,6 @@ CivilComments) on a GPU; FULL_MODE_DOWNLOADS lists what it fetches.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import math
@@ -75,7 +74,6 @@ __all__ = [
     "summarize",
     "findings",
     "TextResult",
-    "one_cpu_thread",
     "run_experiment",
     "run",
 ]
@@ -692,20 +690,6 @@ class TextResult:
     histories: dict[str, History] = field(default_factory=dict)
 
 
-@contextlib.contextmanager
-def one_cpu_thread(enabled: bool = True):
-    """Runs a block with torch on one CPU thread (when enabled), then restores the thread count.
-
-    The stand-in's models multiply 64 x 64 matrices: on a CPU a second thread costs more in synchronisation than
-    it saves (on a shared 2-core machine, 2 threads took this experiment from about 1 minute to over 10).
-    """
-    threads = torch.get_num_threads()
-    if enabled:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run_experiment(cfg: TextConfig, *, data: TextData | None = None, device: torch.device | str | None = None, progress: bool = True, mode: str | None = None) -> TextResult:
@@ -724,7 +708,8 @@ def run_experiment(cfg: TextConfig, *, data: TextData | None = None, device: tor
     started = time.perf_counter()
     device = torch.device(device) if device is not None else runtime.pick_device()
     data = data if data is not None else load_data(cfg)
-    with one_cpu_thread(device.type == "cpu" and cfg.teacher == "tiny"):
+    # The stand-in's tiny models multiply 64 x 64 matrices: one CPU thread is faster (see runtime.cpu_threads).
+    with runtime.cpu_threads(1 if device.type == "cpu" and cfg.teacher == "tiny" else None):
         return _run(cfg, data, device, progress, mode, started)
 
 
