@@ -38,8 +38,9 @@ notebooks: $(VENV)/.dev
 ## Strip outputs before committing; cells marked keep_output (nbval's NBVAL_CHECK_OUTPUT references) keep theirs.
 clean-notebooks: $(VENV)/.dev
 	$(BIN)/nbstripout $(NOTEBOOKS)
+	$(BIN)/python .ci/notebook_references.py $(NOTEBOOKS)
 
 ## Re-execute the notebooks in smoke mode to refresh the stored references of NBVAL_CHECK_OUTPUT cells, then strip.
 reference-outputs: $(VENV)/.dev
 	KDTEACH_SMOKE=1 $(BIN)/jupyter nbconvert --to notebook --execute --inplace $(NOTEBOOKS)
-	$(BIN)/nbstripout $(NOTEBOOKS)
+	$(MAKE) clean-notebooks

@@ -33,10 +33,15 @@ def test_first_code_cell_is_the_setup_cell(path):
 def test_committed_without_outputs(path):
     # The only stored outputs allowed are the references of cells nbval checks (marked NBVAL_CHECK_OUTPUT).
     for cell in cells(path):
-        if cell["cell_type"] == "code" and cell.get("outputs"):
-            assert source(cell).startswith(CHECK_MARK), f"{path.name}: a cell has stored outputs: {source(cell)[:60]!r}"
-        if cell["cell_type"] == "code":
-            assert cell.get("execution_count") is None or source(cell).startswith(CHECK_MARK)
+        if cell["cell_type"] != "code":
+            continue
+        if source(cell).startswith(CHECK_MARK):
+            # nbval needs the reference: stored outputs and an execution count (.ci/notebook_references.py).
+            assert cell.get("outputs") and cell.get("execution_count") is not None, f"{path.name}: reference cell not stored"
+            assert cell["metadata"].get("keep_output") is True, f"{path.name}: reference cell lacks keep_output"
+        else:
+            assert not cell.get("outputs"), f"{path.name}: a cell has stored outputs: {source(cell)[:60]!r}"
+            assert cell.get("execution_count") is None, f"{path.name}: a cell has an execution count"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
