@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdteach.data.batches import Batch, Batches
-from kdteach.distill import _check_logits as _check_logits_shape
+from kdteach.distill import check_logits
 from kdteach.distill import autocast_context
 from kdteach.train import predict
 
@@ -55,7 +55,7 @@ __all__ = [
 
 
 def _check_logits(name: str, logits: torch.Tensor) -> None:
-    _check_logits_shape(name, logits)  # (N, C) floating point
+    check_logits(name, logits)  # (N, C) floating point
     if logits.shape[1] < 2:
         raise ValueError(f"{name} must have at least 2 classes, got {logits.shape[1]}")
 

@@ -40,7 +40,8 @@ def _check_temperature(temperature: float) -> None:
         raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
 
 
-def _check_logits(name: str, logits: torch.Tensor) -> None:
+def check_logits(name: str, logits: torch.Tensor) -> None:
+    """Raises ValueError naming the argument unless logits is a floating-point tensor of shape (N, classes)."""
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"{name} must be a tensor of shape (N, classes), got {shape}")
@@ -73,7 +74,7 @@ def kd_loss_per_example(
     _check_temperature(temperature)
     if not isinstance(soft_weight, (int, float)) or not 0.0 <= soft_weight <= 1.0:
         raise ValueError(f"soft_weight must be in [0, 1], got {soft_weight!r}")
-    _check_logits("student_logits", student_logits)
+    check_logits("student_logits", student_logits)
     n, num_classes = student_logits.shape
     if check_values is None:
         check_values = student_logits.device.type == "cpu"
@@ -81,7 +82,7 @@ def kd_loss_per_example(
     if soft_weight > 0:
         if teacher_logits is None:
             raise ValueError("teacher_logits is None, but soft_weight > 0 needs the teacher's logits")
-        _check_logits("teacher_logits", teacher_logits)
+        check_logits("teacher_logits", teacher_logits)
         if teacher_logits.shape[0] != n:
             raise ValueError(f"teacher_logits has {teacher_logits.shape[0]} rows, student_logits has {n}")
         if teacher_logits.shape[1] != num_classes:
@@ -318,7 +319,7 @@ def mean_soft_targets(logits: torch.Tensor, labels: torch.Tensor, temperature: f
     Returns:
         (C, C) matrix; rows of classes with no example are NaN.
     """
-    _check_logits("logits", logits)
+    check_logits("logits", logits)
     if labels.shape != (logits.shape[0],):
         raise ValueError(f"labels must have shape ({logits.shape[0]},), got {tuple(labels.shape)}")
     num_classes = num_classes or logits.shape[1]

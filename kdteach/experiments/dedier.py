@@ -253,7 +253,7 @@ def prepare(dataset: str, cfg: DeDiERConfig, device: torch.device | str, *, prog
         teacher_logits=cache_teacher_logits(teacher, ordered),
         teacher_features=teacher_features(teacher, ordered),
         teacher_row=spurious.test_scores(teacher, splits["test"], train.group_counts()),
-        augment=spurious._augment(spurious_cfg) if cfg.augment else None,  # notebook 02's flips and shifts
+        augment=spurious.augmentation(spurious_cfg) if cfg.augment else None,  # notebook 02's flips and shifts
         device=device,
     )
 

@@ -161,7 +161,8 @@ def _seed_model(seed: int, role: str) -> None:
     torch.manual_seed(int(np.random.SeedSequence([seed, zlib.crc32(role.encode())]).generate_state(1)[0]))
 
 
-def _augment(cfg: SpuriousConfig):
+def augmentation(cfg: SpuriousConfig):
+    """The training augmentation of a configuration (None when cfg.augment is off); notebook 03 reuses it."""
     # Flips keep waterbirds_like's labels; photographs are only mirrored; a mirrored digit is another digit.
     if not cfg.augment:
         return None
@@ -243,7 +244,7 @@ def train_or_load_teacher(
     device = torch.device(device)
     _seed_model(seed, f"teacher-{kind}")
     model = _teacher_net(cfg, splits["train"]).to(device)
-    batches = splits["train"].batches(cfg.batch_size, device=device, shuffle=True, balanced=kind == "balanced", seed=seed, augment=_augment(cfg))
+    batches = splits["train"].batches(cfg.batch_size, device=device, shuffle=True, balanced=kind == "balanced", seed=seed, augment=augmentation(cfg))
     history = _train(model, cfg, batches, splits["val"], cfg.teacher_epochs, device, checkpoint=path, progress=progress, desc=f"teacher ({kind}, seed {seed})")
     return model.eval(), history
 
@@ -286,7 +287,7 @@ def train_student(
         else:
             extra = {"teacher_logits": cache_teacher_logits(teacher, train.batches(512, device=device))}
             loss = KDLoss(temperature=cfg.temperature, soft_weight=cfg.soft_weight)
-    batches = train.batches(cfg.batch_size, device=device, shuffle=True, seed=seed, extra=extra, augment=_augment(cfg))
+    batches = train.batches(cfg.batch_size, device=device, shuffle=True, seed=seed, extra=extra, augment=augmentation(cfg))
     history = _train(model, cfg, batches, splits["val"], cfg.student_epochs, device, loss_fn=loss, progress=progress, desc=desc)
     return model.eval(), history
 
