@@ -292,7 +292,7 @@ def temperature_sweep(cfg: HintonConfig, data: MnistSplits, teacher: MLP, device
         row: dict[str, Any] = {"hidden units": width}
         for t in cfg.sweep_temperatures:
             student, _ = train_student(cfg, data.train_x, data.train_y, device, teacher_logits=logits, temperature=t, width=width,
-                                       epochs=cfg.sweep_epochs, seed=seed, name=f"sweep", source=data.source, progress=progress)
+                                       epochs=cfg.sweep_epochs, seed=seed, name="sweep", source=data.source, progress=progress)
             row[f"T={t:g}"] = test_errors(student, data)
         rows.append(row)
     return rows
