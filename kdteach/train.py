@@ -142,6 +142,7 @@ def fit(
     amp: bool = True,
     channels_last: bool = False,
     compile: bool = False,
+    max_grad_norm: float | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
@@ -165,6 +166,8 @@ def fit(
         amp: autocast on CUDA (bf16 where supported, else fp16 with a gradient scaler); ignored on CPU.
         channels_last: use the channels_last memory format for 4-D inputs and the model.
         compile: wrap the model in torch.compile for the training steps.
+        max_grad_norm: clip the gradients' total norm to this before each step (BERT's fine-tuning recipe uses 1.0;
+            it keeps a sudden change of the loss's scale, e.g. new instance weights, from blowing up Adam's steps).
         checkpoint: file to write after every epoch (atomically); None disables checkpoints.
         resume: continue from checkpoint if it exists (a finished run returns at once with its history).
         progress: show tqdm progress bars.
@@ -177,6 +180,8 @@ def fit(
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs a checkpoint path")
+    if max_grad_norm is not None and not max_grad_norm > 0:
+        raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm!r}")
     if len(train) == 0:
         raise ValueError("train has no batches (is the dataset empty, or drop_last with too few rows?)")
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -232,6 +237,10 @@ def fit(
                 loss = loss_fn(outputs, batch)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if max_grad_norm is not None:
+                scaler.unscale_(optimizer)
+                # No host sync: the norm and the clipping factor stay on the device.
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
             scaler.step(optimizer)
             scaler.update()
             if scheduler is not None:

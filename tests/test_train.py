@@ -130,6 +130,19 @@ def test_bad_arguments():
         fit(model, kd.data.Batches({"x": x, "y": y}, 32), epochs=1, optimizer=opt, resume=True, progress=False)
 
 
+def test_max_grad_norm_bounds_each_step():
+    # Plain SGD with lr 1 moves the parameters by exactly the (clipped) gradient, so one step's size is its norm.
+    x, y = toy_data()
+    model = kd.models.MLP((36, 16, 3))
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    fit(model, kd.data.Batches({"x": x, "y": y}, 96), epochs=1, optimizer=opt, max_grad_norm=1e-3, progress=False)
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert (after - before).norm() == pytest.approx(1e-3, rel=1e-3)  # the unclipped gradient is far larger
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        fit(model, kd.data.Batches({"x": x, "y": y}, 32), epochs=1, optimizer=opt, max_grad_norm=0.0, progress=False)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_amp_channels_last_fit_runs():
     x = torch.randn(256, 3, 16, 16)
