@@ -336,7 +336,9 @@ class DeDiERReweighting:
     After each student epoch: re-initialise and train the readout on the student's current (frozen) features,
     run it over the training set, and store dedier_weights(...) in train.tensors["weight"], which KDLoss and
     cross_entropy_loss multiply into each example's loss. Epoch 0 is plain KD (all weights start at 1). The weights
-    are recomputed from scratch each epoch, as the paper describes; two switches reproduce the official code:
+    are recomputed from scratch each epoch, as the paper describes. A student trained from random weights (the
+    course's tiny text models) has only noise in its early layer after one epoch, so start_after can hold the
+    first reweighting back for more epochs of plain KD. Two switches reproduce the official code:
 
     - sticky=True: an example keeps the weight it got when last wrong, even after the readout gets it right;
     - freeze_shared=True: after the first reweighting, the student's modules up to the readout's stage (stem and
@@ -350,6 +352,7 @@ class DeDiERReweighting:
         train: the training Batches (its tensors gain a "weight" entry).
         alpha: exponent on the margin.
         beta: scale in the exponent.
+        start_after: epochs of plain KD before the first reweighting (1, the paper's: epoch 0 is plain KD).
         sticky: reproduce the official code's never-reset weights.
         freeze_shared: reproduce the official code's freezing of the shared early modules.
     """
@@ -362,17 +365,21 @@ class DeDiERReweighting:
         *,
         alpha: float,
         beta: float,
+        start_after: int = 1,
         sticky: bool = False,
         freeze_shared: bool = False,
     ) -> None:
         if "y" not in train.tensors:
             raise ValueError("train must carry labels 'y'")
+        if not isinstance(start_after, int) or start_after < 1:
+            raise ValueError(f"start_after must be an int >= 1, got {start_after!r}")
         dedier_weights(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), alpha=alpha, beta=beta)  # checks alpha, beta
         self.student = student
         self.readout = readout
         self.train = train
         self.alpha = alpha
         self.beta = beta
+        self.start_after = start_after
         self.sticky = sticky
         self.freeze_shared = freeze_shared
         self.frozen = False
@@ -387,6 +394,8 @@ class DeDiERReweighting:
     def __call__(self, epoch: int, model: nn.Module) -> dict[str, float]:
         if model is not self.student:
             raise ValueError("DeDiERReweighting was called with a model that is not its student")
+        if epoch + 1 < self.start_after:
+            return {}  # still plain KD: every weight stays 1
         row = self.readout.fit(model, self.train)
         logits = self.readout.predict(model, self.train)
         labels = self.train.tensors["y"]

@@ -239,6 +239,21 @@ def test_dedier_reweighting_writes_fresh_weights_each_epoch():
     assert "upweighted_fraction" in history.last and "readout_train_acc" in history.last
 
 
+def test_start_after_keeps_plain_kd_for_that_many_epochs():
+    torch.manual_seed(0)
+    student, batches = TinyConvNet(), distill_batches()
+    readout = EarlyReadout("stem", 2, head="linear")
+    reweight = DeDiERReweighting(student, readout, batches, alpha=1.0, beta=2.0, start_after=3)
+    assert reweight(0, student) == {} and reweight(1, student) == {}  # epochs 0 and 1: plain KD
+    assert torch.equal(batches.tensors["weight"], torch.ones(64)) and readout.fits == 0
+    row = reweight(2, student)  # after the third epoch: the first reweighting
+    expected = dedier_weights(readout.predict(student, batches), batches.tensors["y"], alpha=1.0, beta=2.0)
+    assert readout.fits == 1 and "upweighted_fraction" in row
+    assert torch.allclose(batches.tensors["weight"], expected)
+    with pytest.raises(ValueError, match="start_after"):
+        DeDiERReweighting(student, readout, batches, alpha=1.0, beta=2.0, start_after=0)
+
+
 def test_sticky_weights_keep_an_old_upweight():
     student, batches = TinyConvNet(), distill_batches(8)
     reweight = DeDiERReweighting(student, EarlyReadout("stem", 2, head="linear"), batches, alpha=1.0, beta=2.0, sticky=True)
