@@ -44,6 +44,7 @@ from kdteach.debias import (
 )
 from kdteach.distill import KDLoss, cache_teacher_logits
 from kdteach.experiments import spurious
+from kdteach.experiments import report
 from kdteach.experiments.report import mean_std, markdown_table, write_report
 from kdteach.groups import group_metrics
 from kdteach.models.resnet import resnet18, resnet50, resnet_cifar
@@ -521,10 +522,7 @@ def display_rows(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def paired_differences(rows: Sequence[dict[str, Any]], method: str, reference: str, column: str = WORST) -> list[float]:
-    """Per-seed differences method - reference (in points), over the seeds both have a number for.
-
-    Students of the same seed start from the same initialisation and see the same batch order, so the difference
-    within a seed removes much of the seed-to-seed noise.
+    """Per-seed differences method - reference (in points) between the runs "as in the paper" (report.paired_differences).
 
     Args:
         rows: per-seed rows of one dataset.
@@ -534,12 +532,8 @@ def paired_differences(rows: Sequence[dict[str, Any]], method: str, reference: s
     Returns:
         One difference per shared seed, in seed order.
     """
-    def values(name: str) -> dict[Any, float]:
-        return {r["seed"]: r[column] for r in rows if r["method"] == name and r.get("variant", "as in the paper") == "as in the paper"
-                and not math.isnan(r[column])}
-
-    ours, theirs = values(method), values(reference)
-    return [100 * (ours[s] - theirs[s]) for s in sorted(set(ours) & set(theirs))]
+    as_in_paper = [r for r in rows if r.get("variant", "as in the paper") == "as in the paper"]
+    return report.paired_differences(as_in_paper, method, reference, column, key="method")
 
 
 def conclusions(summary: Sequence[dict[str, Any]], *, mode: str, rows: Sequence[dict[str, Any]] = ()) -> list[str]:

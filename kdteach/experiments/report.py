@@ -28,6 +28,28 @@ def mean_std(values: Sequence[float], *, scale: float = 1.0, digits: int = 1) ->
     return f"{array.mean():.{digits}f} ± {array.std(ddof=1):.{digits}f} (n={array.size})"
 
 
+def paired_differences(rows: Sequence[Mapping[str, Any]], model: str, reference: str, metric: str, *, key: str = "model") -> list[float]:
+    """Per-seed differences model - reference in points (x100), over the seeds where both have a finite value.
+
+    Runs of the same seed share the initialisation and the batch order, so the difference within a seed removes
+    much of the seed-to-seed noise that the two means carry.
+
+    Args:
+        rows: one row per (model, seed), with "seed", key and metric.
+        model, reference: the two values of rows' key column to compare.
+        metric: the column compared (a fraction).
+        key: the column naming the model or method.
+
+    Returns:
+        One difference per shared seed, in seed order.
+    """
+    def values(name: str) -> dict[Any, float]:
+        return {row["seed"]: float(row[metric]) for row in rows if row[key] == name and not math.isnan(float(row[metric]))}
+
+    ours, theirs = values(model), values(reference)
+    return [100 * (ours[s] - theirs[s]) for s in sorted(set(ours) & set(theirs))]
+
+
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
     """Renders rows (dicts) as a Markdown table; floats get 4 significant digits.
 

@@ -31,7 +31,7 @@ from torch import nn
 from kdteach import runtime
 from kdteach.data.grouped import GroupedData, celeba, colored_digits, flip_and_shift, waterbirds, waterbirds_like
 from kdteach.distill import KDLoss, cache_teacher_logits
-from kdteach.experiments.report import markdown_table, mean_std, write_report
+from kdteach.experiments.report import markdown_table, mean_std, paired_differences, write_report
 from kdteach.groups import AVERAGE_CONVENTIONS, group_metrics
 from kdteach.models.resnet import CifarResNet, resnet_cifar, stage_feature_vectors
 from kdteach.train import History, fit, predict
@@ -380,10 +380,8 @@ def _values(rows: Sequence[dict], model: str, metric: str) -> dict[int, float]:
 
 
 def _paired_difference(rows: Sequence[dict], model: str, reference: str, metric: str) -> tuple[float, float, int]:
-    # Mean and sample std (in points) of model - reference over the seeds both have: the same seed shares the data
-    # and the batch order, so the paired difference is less noisy than the two means.
-    a, b = _values(rows, model, metric), _values(rows, reference, metric)
-    diffs = 100 * np.array([a[s] - b[s] for s in sorted(set(a) & set(b))])
+    # Mean and sample std (in points) of model - reference over the seeds both have (report.paired_differences).
+    diffs = np.array(paired_differences(rows, model, reference, metric))
     if diffs.size == 0:
         raise ValueError(f"no seed has both {model!r} and {reference!r}")
     return float(diffs.mean()), float(diffs.std(ddof=1)) if diffs.size > 1 else float("nan"), int(diffs.size)
