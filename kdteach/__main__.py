@@ -31,9 +31,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--out", type=Path, default=Path("runs") / name, help="folder for the table (JSON, Markdown) and figures")
         p.add_argument("--seed", type=int, default=0, help="first seed")
         p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+        if name == "text":
+            p.add_argument("--dataset", default=None,
+                           help="standin, multinli or civilcomments (default: the stand-in in smoke mode, MultiNLI in full mode)")
     args = parser.parse_args(argv)
     module = importlib.import_module(f"kdteach.experiments.{EXPERIMENTS[args.name][0]}")
-    module.run(mode=args.mode, out=args.out, seed=args.seed, progress=not args.no_progress)
+    extra = {"dataset": args.dataset} if args.name == "text" else {}
+    module.run(mode=args.mode, out=args.out, seed=args.seed, progress=not args.no_progress, **extra)
     print(f"kdteach: wrote {args.out}")
     return 0
 

@@ -29,3 +29,12 @@ def test_hinton_smoke_writes_table_and_figures(tmp_path):
     assert "| teacher |" in (out / "hinton.md").read_text()
     assert (out / "regularizer.png").stat().st_size > 1000
     assert (out / "hinton_sweep.json").exists() and (out / "hinton_omitted.json").exists()
+
+
+def test_text_passes_its_dataset_on(monkeypatch):
+    from kdteach.experiments import text
+
+    seen = {}
+    monkeypatch.setattr(text, "run", lambda **kwargs: seen.update(kwargs))
+    assert main(["text", "--mode", "smoke", "--dataset", "standin", "--no-progress"]) == 0
+    assert seen["dataset"] == "standin" and seen["mode"] == "smoke"

@@ -171,6 +171,18 @@ def test_standin_labels_follow_the_rule():
         assert label == expected, (premise, hypothesis, label)
 
 
+def test_standin_neutral_shows_in_one_word_and_the_rest_needs_both_verbs():
+    # Neutral hypotheses are about people no premise mentions; entailment and contradiction repeat the premise's
+    # person, so only the verbs tell them apart (the part that needs the two sentences compared).
+    split = nli_standin(600, 1, 1, seed=5)["train"]
+    premise_names = {p.split()[0] for p in split.texts}
+    for hypothesis, label in zip(split.pairs, split.labels.tolist()):
+        assert (hypothesis.split()[0] not in premise_names) == (label == 1)
+    same_name = [(p.split()[1], h.split()[1]) for p, h, y in zip(split.texts, split.pairs, split.labels.tolist()) if y != 1]
+    premise_verbs = {v for v, _ in same_name}
+    assert premise_verbs == {h for _, h in same_name}  # every verb appears on both sides: no verb gives the label
+
+
 def test_standin_is_reproducible_and_checks_arguments():
     a, b = nli_standin(50, 10, 10, seed=3), nli_standin(50, 10, 10, seed=3)
     assert a["train"].pairs == b["train"].pairs and torch.equal(a["test"].labels, b["test"].labels)
@@ -257,7 +269,7 @@ def test_the_experiment_runs_end_to_end_on_a_tiny_configuration():
     from kdteach.experiments import text
 
     cfg = dataclasses.replace(text.config("smoke", "standin"), sizes=(240, 60, 60), teacher_size=(32, 2, 2), student_size=(16, 2, 2),
-                              teacher_epochs=1, epochs=2)
+                              teacher_epochs=1, epochs=2, start_after=1)
     result = text.run_experiment(cfg, device="cpu", progress=False, mode="smoke")
     assert [r["model"] for r in result.rows] == ["teacher", "KD student", "DeDiER student"]
     for row in result.rows:

@@ -331,6 +331,10 @@ def load_civilcomments(
 
 # The stand-in's world: a premise says what one person does; the hypothesis says what someone does.
 _NAMES = ("alice", "bob", "carol", "dave")
+# People no premise ever mentions: a hypothesis about one of them is neutral. Neutral is thus easy (one word tells
+# it), while entailment against contradiction needs the two verbs compared across the sentences, which an early
+# layer cannot do yet: the shortcut then lives exactly where the real rule is hard.
+_STRANGERS = ("eve", "frank", "grace", "heidi")
 _VERBS = ("runs", "sleeps", "reads", "sings")
 # The shortcut: phrases holding a negation word that leave the meaning unchanged ...
 _NEGATION_PHRASES = ("no doubt", "as never before", "like nobody else", "and nothing else")
@@ -342,8 +346,8 @@ def _standin_example(label: int, negation: bool, rng: np.random.Generator) -> tu
     name, verb = rng.choice(_NAMES), rng.choice(_VERBS)
     premise = f"{name} {verb}"
     # entailment: the same person doing the same thing; contradiction: the same person doing something else;
-    # neutral: somebody else (the premise says nothing about them).
-    subject = rng.choice([n for n in _NAMES if n != name]) if label == 1 else name
+    # neutral: a stranger (the premise says nothing about them).
+    subject = rng.choice(_STRANGERS) if label == 1 else name
     if label == 2:
         verb = rng.choice([v for v in _VERBS if v != verb])
     elif label == 1:
@@ -373,8 +377,9 @@ def nli_standin(
     """An offline NLI-style set with MultiNLI's negation shortcut planted in its training split.
 
     Premise: "<name> <verb>"; hypothesis: "<name'> <verb'> <phrase>". The label is entailment (same person, same
-    verb), contradiction (same person, another verb) or neutral (another person, about whom the premise says
-    nothing). Reading the label needs both sentences: are the names the same, and the verbs?
+    verb), contradiction (same person, another verb) or neutral (a person no premise mentions, about whom the
+    premise says nothing). Neutral shows in one word; entailment against contradiction needs both sentences (are
+    the verbs the same?), which is the part a model has to compose across tokens.
     The shortcut: a phrase holding a negation word ("no doubt", "as never before", ...) that does not change the
     meaning. In training it comes with shortcut_rate of the contradictions and other_rate of the other pairs;
     in validation and test with half of every class, so a model that learned "negation -> contradiction" loses on
