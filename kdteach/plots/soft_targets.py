@@ -50,13 +50,16 @@ def plot_soft_targets(image: torch.Tensor, logits: torch.Tensor, temperature: fl
     return fig
 
 
-def plot_learning_curves(curves: Mapping[str, Sequence[float]], *, title: str = "", ylabel: str = "test accuracy") -> Figure:
-    """One line per named curve over epochs.
+def plot_learning_curves(
+    curves: Mapping[str, Sequence[float]], *, title: str = "", ylabel: str = "test accuracy", mark: tuple[float, str] | None = None
+) -> Figure:
+    """One line per named curve over epochs (numbered from 1).
 
     Args:
         curves: name -> value per epoch.
         title: figure title.
         ylabel: y-axis label.
+        mark: (epoch, label) for a dashed vertical line, e.g. where a schedule changes; 2.5 falls between epochs 2 and 3.
 
     Returns:
         The figure.
@@ -64,6 +67,8 @@ def plot_learning_curves(curves: Mapping[str, Sequence[float]], *, title: str = 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name, values in curves.items():
         ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=name)
+    if mark is not None:
+        ax.axvline(mark[0], color="gray", linestyle="--", linewidth=1, label=mark[1])
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
