@@ -92,6 +92,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+def threads_for_rows(n_rows: int, device: torch.device | str) -> int | None:
+    """The CPU thread count for a training run: 1 for at most 10,000 rows on a CPU, else None (torch's default).
+
+    Smoke-size runs multiply small matrices, where a second OpenMP thread costs more in synchronisation than it
+    saves; on a busy 2-core machine, smoke notebooks with two threads took 5 to 10 times as long as with one.
+    Pass the result to cpu_threads().
+    """
+    return 1 if torch.device(device).type == "cpu" and n_rows <= 10_000 else None
+
+
 @contextlib.contextmanager
 def cpu_threads(count: int | None) -> Iterator[None]:
     """Runs a block with torch on `count` CPU threads, then restores the previous count (None: leave it alone).

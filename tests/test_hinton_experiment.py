@@ -1,4 +1,4 @@
-"""Notebook 01's experiment helpers: the bias shift tuned on validation data, thread choice, configurations."""
+"""Notebook 01's experiment helpers: the bias shift tuned on validation data, configurations."""
 import pytest
 import torch
 
@@ -14,12 +14,6 @@ def test_best_bias_shift_by_hand():
     # Ties go to the first candidate (the smallest, for ascending candidates): 1.0 and 1.1 both make no error.
     assert hinton.best_bias_shift(logits, labels, 1, torch.tensor([1.1, 1.0])) == pytest.approx(1.1)
     assert hinton.best_bias_shift(logits, labels, 1, torch.tensor([1.0, 1.1])) == 1.0
-
-
-def test_one_cpu_thread_for_smoke_sizes_only():
-    assert hinton.cpu_thread_count(3000, "cpu") == 1
-    assert hinton.cpu_thread_count(60_000, "cpu") is None
-    assert hinton.cpu_thread_count(3000, "cuda") is None
 
 
 def test_config_modes():

@@ -47,3 +47,13 @@ def test_setup_cell_installs_from_the_one_repo_url():
     assert runtime.REPO_URL in source and "kd.runtime.setup(seed=0)" in source
     assert "google.colab" in source
     assert kd.__version__
+
+
+def test_one_cpu_thread_for_small_runs_only():
+    assert kd.runtime.threads_for_rows(3000, "cpu") == 1 and kd.runtime.threads_for_rows(10_000, "cpu") == 1
+    assert kd.runtime.threads_for_rows(60_000, "cpu") is None
+    assert kd.runtime.threads_for_rows(3000, "cuda") is None
+    before = torch.get_num_threads()
+    with kd.runtime.cpu_threads(kd.runtime.threads_for_rows(3000, "cpu")):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

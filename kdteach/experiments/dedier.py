@@ -311,6 +311,14 @@ def train_student(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if variant not in DEFECTS:
         raise ValueError(f"variant must be one of {tuple(DEFECTS)}, got {variant!r}")
+    # Smoke-size ResNets gain nothing from a second CPU thread (see runtime.cpu_threads): on the busy 2-core
+    # machine notebook 03 took 532 s with two threads and 46 s with one.
+    with runtime.cpu_threads(1 if cfg.mode == "smoke" and torch.device(prep.device).type == "cpu" else None):
+        return _train_student(method, prep, cfg, seed=seed, alpha=alpha, beta=beta, stage=stage, variant=variant, progress=progress)
+
+
+def _train_student(method: str, prep: Prepared, cfg: DeDiERConfig, *, seed: int, alpha: float | None, beta: float | None,
+                   stage: str | None, variant: str, progress: bool) -> StudentRun:
     alpha = cfg.alpha if alpha is None else alpha
     beta = cfg.beta if beta is None else beta
     stage = stage or cfg.readout_stage

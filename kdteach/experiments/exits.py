@@ -161,19 +161,20 @@ def trained_exit_model(
     train = Batches({"x": data.train_x, "y": data.train_y}, cfg.batch_size, shuffle=True, seed=seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * len(train))
-    history = fit(
-        model,
-        train,
-        epochs=cfg.epochs,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        loss_fn=MultiExitLoss(distill_weight=distill_weight, temperature=cfg.temperature),
-        device=device,
-        checkpoint=checkpoint_path(cfg, data, distill_weight=distill_weight, seed=seed),
-        resume=True,
-        progress=progress,
-        desc=f"multi-exit ResNet (distill {distill_weight:g})",
-    )
+    with runtime.cpu_threads(runtime.threads_for_rows(train.n, device)):
+        history = fit(
+            model,
+            train,
+            epochs=cfg.epochs,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            loss_fn=MultiExitLoss(distill_weight=distill_weight, temperature=cfg.temperature),
+            device=device,
+            checkpoint=checkpoint_path(cfg, data, distill_weight=distill_weight, seed=seed),
+            resume=True,
+            progress=progress,
+            desc=f"multi-exit ResNet (distill {distill_weight:g})",
+        )
     return model.eval(), history
 
 

@@ -140,16 +140,6 @@ def student_model(width: int = 800) -> MLP:
     return MLP((784, width, width, 10))
 
 
-def cpu_thread_count(n_train: int, device: torch.device | str) -> int | None:
-    """How many CPU threads an MLP run should use: 1 for a smoke-size training set on a CPU, else None (no change).
-
-    A few thousand digits through an 800-wide MLP are small matrix products: a second OpenMP thread costs more in
-    synchronisation than it saves, and on a busy 2-core machine notebook 01's smoke run took over 2 minutes with two
-    threads and under 20 seconds with one (see runtime.cpu_threads).
-    """
-    return 1 if torch.device(device).type == "cpu" and n_train <= 10_000 else None
-
-
 def _sgd(model: torch.nn.Module, lr: float, epochs: int, steps_per_epoch: int) -> tuple[torch.optim.Optimizer, Any]:
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch)
@@ -194,7 +184,7 @@ def train_mlp(
     """
     optimizer, scheduler = _sgd(model, lr, epochs, len(train))
     kwargs = {"loss_fn": loss_fn} if loss_fn is not None else {}
-    with runtime.cpu_threads(cpu_thread_count(train.n, device)):
+    with runtime.cpu_threads(runtime.threads_for_rows(train.n, device)):
         return fit(
             model, train, epochs=epochs, optimizer=optimizer, scheduler=scheduler, device=device, metrics=metrics,
             checkpoint=checkpoint, resume=checkpoint is not None, progress=progress, desc=name, **kwargs,

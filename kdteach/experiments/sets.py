@@ -318,7 +318,9 @@ def trained_wiggle_model(cfg: WiggleConfig, data: WiggleSplits, *, seed: int = 0
     train = Batches({"x": data.train_x.to(device), "target": data.train_y.to(device)}, cfg.batch_size, shuffle=True, seed=seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     path = runtime.cache_dir() / "sets" / f"wiggle_{cfg.key()}_seed{seed}.pt"
-    fit(model, train, epochs=cfg.epochs, optimizer=optimizer, loss_fn=multi_exit_mse, device=device, checkpoint=path, resume=True, progress=progress, desc="residual MLP, 15 exits")
+    with runtime.cpu_threads(runtime.threads_for_rows(train.n, device)):
+        fit(model, train, epochs=cfg.epochs, optimizer=optimizer, loss_fn=multi_exit_mse, device=device, checkpoint=path, resume=True,
+            progress=progress, desc="residual MLP, 15 exits")
     return model.eval()
 
 
