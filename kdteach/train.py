@@ -166,8 +166,8 @@ def fit(
         amp: autocast on CUDA (bf16 where supported, else fp16 with a gradient scaler); ignored on CPU.
         channels_last: use the channels_last memory format for 4-D inputs and the model.
         compile: wrap the model in torch.compile for the training steps.
-        max_grad_norm: clip the gradients' total norm to this before each step (BERT's fine-tuning recipe uses 1.0;
-            it keeps a sudden change of the loss's scale, e.g. new instance weights, from blowing up Adam's steps).
+        max_grad_norm: clip the gradients' total norm to this before each step (None: no clipping; BERT's
+            fine-tuning recipe uses 1.0).
         checkpoint: file to write after every epoch (atomically); None disables checkpoints.
         resume: continue from checkpoint if it exists (a finished run returns at once with its history).
         progress: show tqdm progress bars.

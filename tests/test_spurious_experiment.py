@@ -116,3 +116,14 @@ def test_runs_on_a_gpu_with_amp_and_channels_last(tmp_path, monkeypatch):
     result = spurious.run_experiment(dataclasses.replace(TINY, seeds=(0,)), device="cuda", probes=True, progress=False)
     assert len(result.rows) == 5 and next(result.models["student_alone"].parameters()).is_cuda
     assert all(0 <= row[WORST] <= 1 for row in result.rows)
+
+
+def test_smoke_threads_one_thread_in_smoke_mode_on_a_cpu_only():
+    import types
+
+    before = torch.get_num_threads()
+    with spurious.smoke_threads(types.SimpleNamespace(mode="smoke"), "cpu"):
+        assert torch.get_num_threads() == 1
+    with spurious.smoke_threads(types.SimpleNamespace(mode="full"), "cpu"):
+        assert torch.get_num_threads() == before
+    assert torch.get_num_threads() == before

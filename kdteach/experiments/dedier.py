@@ -311,9 +311,8 @@ def train_student(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if variant not in DEFECTS:
         raise ValueError(f"variant must be one of {tuple(DEFECTS)}, got {variant!r}")
-    # Smoke-size ResNets gain nothing from a second CPU thread (see runtime.cpu_threads): on the busy 2-core
-    # machine notebook 03 took 532 s with two threads and 46 s with one.
-    with runtime.cpu_threads(1 if cfg.mode == "smoke" and torch.device(prep.device).type == "cpu" else None):
+    # On the busy 2-core machine notebook 03 took 532 s with two CPU threads and 46 s with one.
+    with spurious.smoke_threads(cfg, prep.device):
         return _train_student(method, prep, cfg, seed=seed, alpha=alpha, beta=beta, stage=stage, variant=variant, progress=progress)
 
 

@@ -22,7 +22,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -186,15 +186,19 @@ def _validation_metrics(val: GroupedData, device: torch.device):
     return metrics
 
 
-def _smoke_threads(cfg: SpuriousConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    # Smoke-size ResNets gain nothing from a second CPU thread (see runtime.cpu_threads): smoke runs use one.
+def smoke_threads(cfg: Any, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """One CPU thread for a smoke-mode run on a CPU (cfg.mode == "smoke"), else torch's default; a context manager.
+
+    Smoke-size ResNets gain nothing from a second CPU thread (see runtime.cpu_threads). Notebook 03 shares it.
+    """
+    device = torch.device(device)
     return runtime.cpu_threads(1 if cfg.mode == "smoke" and device.type == "cpu" else None)
 
 
 def _train(model: nn.Module, cfg: SpuriousConfig, batches, val: GroupedData, epochs: int, device: torch.device, *, loss_fn=None, checkpoint: Path | None = None, progress: bool, desc: str) -> History:
     optimizer, scheduler = _optimizer_and_schedule(model, cfg, epochs * len(batches))
     extra = {"loss_fn": loss_fn} if loss_fn is not None else {}
-    with _smoke_threads(cfg, device):
+    with smoke_threads(cfg, device):
         return fit(
             model, batches, epochs=epochs, optimizer=optimizer, scheduler=scheduler, metrics=_validation_metrics(val, device),
             select=SELECT, device=device, channels_last=device.type == "cuda", checkpoint=checkpoint,
