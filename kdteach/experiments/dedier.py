@@ -44,8 +44,8 @@ from kdteach.debias import (
 )
 from kdteach.distill import KDLoss, cache_teacher_logits
 from kdteach.experiments import spurious
-from kdteach.experiments import report
-from kdteach.experiments.report import mean_std, markdown_table, write_report
+from kdteach import report
+from kdteach.report import mean_std, markdown_table, write_report
 from kdteach.groups import group_metrics
 from kdteach.models.resnet import resnet18, resnet50, resnet_cifar
 from kdteach.train import History, cross_entropy_loss, fit, predict

@@ -26,7 +26,7 @@ from kdteach import runtime
 from kdteach.data.batches import Batches
 from kdteach.data.mnist import load_mnist_or_standin, to_float
 from kdteach.exits import MultiExit, MultiExitLoss, calibration_error, exit_accuracy, exit_costs, exit_logits, threshold_curve
-from kdteach.experiments.report import markdown_table, write_report
+from kdteach.report import markdown_table, write_report
 from kdteach.models.resnet import CifarResNet
 from kdteach.train import History, fit
 

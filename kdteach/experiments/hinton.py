@@ -25,7 +25,7 @@ from kdteach import runtime
 from kdteach.data.batches import Batches, translate_by
 from kdteach.data.mnist import load_mnist_or_standin, to_float
 from kdteach.distill import KDLoss, cache_teacher_logits
-from kdteach.experiments.report import markdown_table, write_report
+from kdteach.report import markdown_table, write_report
 from kdteach.models.mlp import MLP
 from kdteach.train import History, evaluate, fit, predict
 

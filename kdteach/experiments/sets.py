@@ -29,7 +29,7 @@ from kdteach import runtime
 from kdteach.data.batches import Batches
 from kdteach.exits import MultiExit, ResidualMLP, exit_feature_vectors, exit_logits, multi_exit_mse
 from kdteach.experiments import exits as exit_experiment
-from kdteach.experiments.report import markdown_table, write_report
+from kdteach.report import markdown_table, write_report
 from kdteach.sets import (
     avcs_intervals,
     avcs_sets,

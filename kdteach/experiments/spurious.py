@@ -31,7 +31,7 @@ from torch import nn
 from kdteach import runtime
 from kdteach.data.grouped import GroupedData, celeba, colored_digits, flip_and_shift, waterbirds, waterbirds_like
 from kdteach.distill import KDLoss, cache_teacher_logits
-from kdteach.experiments.report import markdown_table, mean_std, paired_differences, write_report
+from kdteach.report import markdown_table, mean_std, paired_differences, write_report
 from kdteach.groups import AVERAGE_CONVENTIONS, group_metrics
 from kdteach.models.resnet import CifarResNet, resnet_cifar, stage_feature_vectors
 from kdteach.train import History, fit, predict

@@ -39,7 +39,7 @@ from kdteach.data.text import (
 )
 from kdteach.debias import DeDiERReweighting, EarlyReadout, dedier_weights, readout_by_group, weights_by_group
 from kdteach.distill import KDLoss, cache_teacher_logits
-from kdteach.experiments.report import markdown_table, mean_std, paired_differences, write_report
+from kdteach.report import markdown_table, mean_std, paired_differences, write_report
 from kdteach.groups import AVERAGE_CONVENTIONS, group_counts, group_metrics
 from kdteach.models.text import (
     STUDENT_CHECKPOINT,

@@ -1,0 +1,202 @@
+"""The plumbing every experiment shares: configs by mode, one train-or-load, optimisers, CPU threads.
+
+One train-or-load: every model an experiment trains (teachers and students, JTT's identification run, every sweep
+member) goes through `train_or_load`, which keys its checkpoint by every value that decides the model, writes it
+after each epoch and resumes from it. fit() itself refuses a checkpoint whose run signature differs, so a stale
+file can never be reused silently even if a key missed a field.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import torch
+from torch import nn
+
+from kdteach import runtime
+from kdteach.data.batches import Batches
+from kdteach.train import History, fit
+
+C = TypeVar("C")
+
+
+def config_for(mode: str | None, *, smoke: C, full: C) -> C:
+    """The configuration of a mode: "smoke", "full", or None for the mode set by KDTEACH_SMOKE.
+
+    Args:
+        mode: "smoke", "full" or None.
+        smoke, full: the two configurations.
+
+    Returns:
+        smoke or full.
+    """
+    mode = mode or runtime.mode()
+    if mode not in ("smoke", "full"):
+        raise ValueError(f"mode must be 'smoke' or 'full', got {mode!r}")
+    return smoke if mode == "smoke" else full
+
+
+def _canonical(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"__class__": type(value).__qualname__, **{f.name: _canonical(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, torch.Tensor):  # a tensor decides a model by its content (e.g. a training subset)
+        return hashlib.sha1(value.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+    return repr(value)
+
+
+def run_key(*parts: Any) -> str:
+    """A short stable hash of everything that decides a model (dataclass configs, names, seeds, tensors).
+
+    Args:
+        parts: the values; dataclasses are hashed field by field with their class name.
+
+    Returns:
+        12 hex digits.
+    """
+    text = json.dumps([_canonical(p) for p in parts], sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def checkpoint_path(experiment: str, role: str, *decides: Any) -> Path:
+    """Where a model is kept: cache_dir()/EXPERIMENT/ROLE-KEY.pt, KEY = run_key(role, *decides).
+
+    Args:
+        experiment: the experiment's name (a folder).
+        role: what the model is ("teacher", "kd-student", ...), readable in the file name.
+        decides: every value that decides the model: the config, the seed, the data source, ...
+
+    Returns:
+        The path (its folder is created).
+    """
+    folder = runtime.cache_dir() / experiment
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{role}-{run_key(role, *decides)}.pt"
+
+
+def optimizer_and_schedule(
+    model: nn.Module,
+    *,
+    total_steps: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    kind: str = "adamw",
+    schedule: str = "cosine",
+    warmup_fraction: float = 0.0,
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    """The optimiser and learning-rate schedule of every experiment (only trainable parameters are optimised).
+
+    Args:
+        model: the network.
+        total_steps: optimiser steps of the whole run (the schedule's length).
+        lr: the (peak) learning rate.
+        weight_decay: decoupled weight decay (AdamW) or L2 (SGD).
+        kind: "adamw", "adam" or "sgd" (Nesterov momentum 0.9).
+        schedule: "cosine" (to zero), "onecycle", "linear" (warm-up, then linear decay to zero) or "constant".
+        warmup_fraction: share of steps of linear warm-up for "linear".
+
+    Returns:
+        (optimizer, scheduler or None), to pass to fit().
+    """
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if kind == "adamw":
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    elif kind == "adam":
+        optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    elif kind == "sgd":
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"kind must be 'adamw', 'adam' or 'sgd', got {kind!r}")
+    if schedule == "cosine":
+        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    if schedule == "onecycle":
+        return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps)
+    if schedule == "linear":
+        warmup = max(1, int(warmup_fraction * total_steps))
+
+        def factor(step: int) -> float:
+            return (step + 1) / warmup if step < warmup else max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if schedule == "constant":
+        return optimizer, None
+    raise ValueError(f"schedule must be 'cosine', 'onecycle', 'linear' or 'constant', got {schedule!r}")
+
+
+def threads_for(train: Batches, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """The CPU thread rule of every experiment, as a context manager: runtime.threads_for_rows on train's rows."""
+    return runtime.cpu_threads(runtime.threads_for_rows(train.n, device))
+
+
+def train_or_load(
+    model: nn.Module,
+    train: Batches,
+    *,
+    path: Path,
+    epochs: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any | None = None,
+    device: torch.device | str,
+    progress: bool = True,
+    desc: str = "fit",
+    **fit_kwargs: Any,
+) -> History:
+    """THE way an experiment trains a model: fit() with a checkpoint at `path`, resumed when it exists.
+
+    A finished run reloads at once (its history comes back from the checkpoint); an interrupted one continues from
+    its last epoch and ends where an uninterrupted run would. Build `path` with checkpoint_path() from every value
+    that decides the model.
+
+    Args:
+        model: the network (trained in place; it ends in eval mode).
+        train: the training Batches.
+        path: the checkpoint file.
+        epochs: epochs of the run.
+        optimizer, scheduler: from optimizer_and_schedule().
+        device: where to train.
+        progress: one progress bar for the run.
+        desc: the bar's label.
+        fit_kwargs: anything else fit() takes (loss_fn, metrics, select, on_epoch_end, val, max_grad_norm, ...).
+
+    Returns:
+        fit()'s History.
+    """
+    with threads_for(train, device):
+        history = fit(model, train, epochs=epochs, optimizer=optimizer, scheduler=scheduler, device=device,
+                      checkpoint=path, resume=True, progress=progress, desc=desc, **fit_kwargs)
+    model.eval()
+    return history
+
+
+def group_val_metrics(predict_logits: Callable[[nn.Module], torch.Tensor], labels: torch.Tensor, groups: torch.Tensor,
+                      num_groups: int) -> Callable[[nn.Module], dict[str, float]]:
+    """fit()'s `metrics` for group robustness: validation worst-group and mean-over-groups accuracy per epoch.
+
+    Args:
+        predict_logits: model -> validation logits (N, C).
+        labels, groups: the validation labels and group ids (N,).
+        num_groups: number of groups.
+
+    Returns:
+        model -> {"val_worst_group", "val_mean_group"}.
+    """
+    from kdteach.groups import group_metrics
+
+    def metrics(model: nn.Module) -> dict[str, float]:
+        scores = group_metrics(predict_logits(model), labels, groups, num_groups)
+        worst = scores.worst_group if hasattr(scores, "worst_group") else scores["worst-group"]
+        mean = scores.mean_over_groups if hasattr(scores, "mean_over_groups") else scores["average (uniform)"]
+        return {"val_worst_group": float(worst), "val_mean_group": float(mean)}
+
+    return metrics
