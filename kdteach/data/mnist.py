@@ -1,12 +1,15 @@
 """MNIST, read through torchvision from the data folder, with a clear error when it is not there."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from kdteach import runtime
+from kdteach.data.batches import Batches
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -109,3 +112,56 @@ def load_mnist_or_standin(split: str = "train", *, download: bool = False, verbo
 def to_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 pixels -> float32 in [0, 1]. Teacher and student see the same scaling (no dataset statistics)."""
     return images.float().div_(255.0)
+
+
+@dataclass
+class DigitSplits:
+    """Float images in [0, 1] (N, 1, 28, 28) and labels of a training and a test split, on one device.
+
+    Attributes:
+        train_x, train_y: training images and labels.
+        test_x, test_y: test images and labels.
+        source: "MNIST" or "sklearn digits stand-in".
+    """
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    source: str
+
+    def batches(self, split: str, batch_size: int, **kwargs: Any) -> Batches:
+        """Batches over "train" or "test" (kwargs go to Batches: shuffle, seed, augment, ...)."""
+        if split not in ("train", "test"):
+            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        x, y = (self.train_x, self.train_y) if split == "train" else (self.test_x, self.test_y)
+        return Batches({"x": x, "y": y}, batch_size, **kwargs)
+
+
+def _fixed_subset(x: torch.Tensor, y: torch.Tensor, size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    # The same rows on every call and every machine: the first `size` of one fixed permutation.
+    if size is None or size >= len(y):
+        return x, y
+    rows = torch.as_tensor(np.random.default_rng(0).permutation(len(y))[:size])
+    return x[rows], y[rows]
+
+
+def load_digit_splits(train_size: int | None, test_size: int | None, device: torch.device | str = "cpu", *,
+                      verbose: bool = True) -> DigitSplits:
+    """MNIST (or scikit-learn's digits stand-in when MNIST is absent), cut to a fixed random subset, on device.
+
+    Args:
+        train_size, test_size: digits kept of each split (None: all).
+        device: where the tensors go (they stay there for the whole notebook).
+        verbose: say which data is used.
+
+    Returns:
+        DigitSplits.
+    """
+    train_x, train_y = load_mnist_or_standin("train", verbose=verbose)
+    source = "MNIST" if len(train_y) == 60_000 else "sklearn digits stand-in"
+    train_x, train_y = _fixed_subset(train_x, train_y, train_size)
+    test_x, test_y = _fixed_subset(*load_mnist_or_standin("test", verbose=verbose), test_size)
+    if verbose and (train_size or test_size):
+        print(f"kdteach: using a subset: {len(train_y)} training and {len(test_y)} test digits")
+    return DigitSplits(to_float(train_x).to(device), train_y.to(device), to_float(test_x).to(device), test_y.to(device), source)
