@@ -35,6 +35,11 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
 
 
+def checkout_root() -> Path:
+    """The folder of the repository clone the package runs from (where notebooks/ and results/ live)."""
+    return _CHECKOUT_ROOT
+
+
 def _in_checkout() -> bool:
     return (_CHECKOUT_ROOT / "pyproject.toml").exists() and (_CHECKOUT_ROOT / "notebooks").is_dir()
 

@@ -1,0 +1,55 @@
+"""Reference results: read back from results/, one provenance line, and the README generated from them."""
+import json
+
+import pytest
+
+from kdteach import results, runtime
+
+
+def _write(folder, name, meta, rows):
+    (folder / name).mkdir(parents=True)
+    (folder / name / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+
+
+def test_provenance_line_says_mode_seeds_device_time_and_commit():
+    meta = {"mode": "full", "seeds": [0, 1, 2, 3, 4], "device": "2-core CPU", "wall_seconds": 840.0,
+            "torch": "2.14.1", "commit": "abc123", "date": "2026-12-01"}
+    line = results.provenance_line(meta)
+    assert line.startswith("full mode, 5 seeds, 2-core CPU, 14 min") and "commit abc123" in line
+    assert "1 seed," in results.provenance_line({**meta, "seeds": [0], "wall_seconds": 42}) and "42 s" in results.provenance_line({**meta, "wall_seconds": 42})
+
+
+def test_readme_section_lists_every_result_with_its_provenance(tmp_path):
+    _write(tmp_path, "exits", {"seeds": [0, 1, 2], "wall_seconds": 60, "title": "Notebook 05"}, [{"exit": 1, "accuracy": 0.5}])
+    _write(tmp_path, "sets", {"seeds": [0]}, [{"method": "AVCS", "coverage": 0.95}])
+    section = results.readme_section(tmp_path)
+    assert section.startswith(results.README_BEGIN) and section.endswith(results.README_END)
+    assert section.index("Notebook 05") < section.index("`results/sets/`")
+    assert "| exit | accuracy |" in section and "3 seeds" in section and "| AVCS | 0.95 |" in section
+
+
+def test_update_readme_rewrites_only_the_generated_part(tmp_path):
+    _write(tmp_path / "results", "exits", {"seeds": [0]}, [{"exit": 1}])
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{results.README_BEGIN}\nstale\n{results.README_END}\noutro\n")
+    assert results.update_readme(readme, tmp_path / "results") is True
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("\noutro\n") and "stale" not in text and "| exit |" in text
+    assert results.update_readme(readme, tmp_path / "results") is False
+    readme.write_text("no markers")
+    with pytest.raises(ValueError, match="no generated results section"):
+        results.update_readme(readme, tmp_path / "results")
+
+
+def test_a_broken_result_file_is_named(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "x.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"x\.json is not valid JSON"):
+        results.load_reference("x", folder=tmp_path)
+    assert results.load_reference("absent", folder=tmp_path) is None
+
+
+def test_the_readme_matches_the_committed_results():
+    """The README's results section is exactly what `python -m kdteach.results` generates from results/."""
+    readme = (runtime.checkout_root() / "README.md").read_text()
+    assert results.readme_section() in readme, "README.md is stale: run `python -m kdteach.results`"
