@@ -92,6 +92,7 @@ def optimizer_and_schedule(
     kind: str = "adamw",
     schedule: str = "cosine",
     warmup_fraction: float = 0.0,
+    warmup_steps: int | None = None,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
     """The optimiser and learning-rate schedule of every experiment (only trainable parameters are optimised).
 
@@ -103,6 +104,7 @@ def optimizer_and_schedule(
         kind: "adamw", "adam" or "sgd" (Nesterov momentum 0.9).
         schedule: "cosine" (to zero), "onecycle", "linear" (warm-up, then linear decay to zero) or "constant".
         warmup_fraction: share of steps of linear warm-up for "linear".
+        warmup_steps: the warm-up as a number of steps instead (overrides warmup_fraction; BERT's recipe counts steps).
 
     Returns:
         (optimizer, scheduler or None), to pass to fit().
@@ -123,7 +125,7 @@ def optimizer_and_schedule(
     if schedule == "onecycle":
         return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps)
     if schedule == "linear":
-        warmup = max(1, int(warmup_fraction * total_steps))
+        warmup = max(1, warmup_steps if warmup_steps is not None else int(warmup_fraction * total_steps))
 
         def factor(step: int) -> float:
             return (step + 1) / warmup if step < warmup else max(0.0, (total_steps - step) / max(1, total_steps - warmup))
