@@ -12,24 +12,28 @@ Do exits skip computation? Two paths, stated plainly:
   backbone once and reads every exit from that one pass. Exits there are simulated: nothing is skipped.
   `confidence_exit` and `threshold_curve` apply an exit policy to those full-pass logits; the compute they report
   is what an incremental implementation would spend (exit_costs), not what was spent.
-- `early_exit_predict` really stops: it computes exit 1 for every example, then exit 2 only for the examples that
-  did not stop, and so on; stages after an example's exit never run for it. Because the interface exposes
-  prefixes (`features(x, upto=stage)`) rather than single stages, the examples that go on recompute the earlier
-  stages, so its measured time is an upper bound on a stage-by-stage implementation. A test checks that it makes
-  the same predictions and exits as the simulated policy.
+- `early_exit_predict` really stops, stage by stage: every example runs the first stage and exit 1's head; the
+  examples that are not confident enough carry their activations on to the next stage (nothing is recomputed), and
+  so on. Stages after an example's exit never run for it, so the compute it spends per example is exactly the ideal
+  count of `exit_costs` at that example's exit; `measure_early_exit` counts it (torch's FLOP counter on the real
+  run), times it (warm-up, then the median of several repeats) and checks it against the simulated policy.
 
 Training uses the mean of the exits' losses; with distill_weight > 0 every earlier exit is also distilled from the
 last exit's softened output (Phuong & Lampert 2019, "Distillation-based training for multi-exit architectures").
 """
 from __future__ import annotations
 
-from typing import Sequence
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from kdteach.checks import check_int
 from kdteach.data.batches import Batch, Batches
 from kdteach.distill import kd_loss
 from kdteach.train import predict
@@ -42,12 +46,22 @@ __all__ = [
     "exit_logits",
     "exit_feature_vectors",
     "exit_accuracy",
+    "ECE_BINS",
+    "reliability_bins",
     "calibration_error",
+    "ExitCost",
     "exit_costs",
     "confidence_exit",
+    "PolicyPoint",
     "threshold_curve",
+    "stage_steps",
+    "EarlyExitOutput",
     "early_exit_predict",
+    "EarlyExitRun",
+    "measure_early_exit",
 ]
+
+ECE_BINS = 15  # equal-width confidence bins of the ECE and of the reliability diagram: one binning for both
 
 
 def _head_input(feature: torch.Tensor, pool: int) -> torch.Tensor:
@@ -207,6 +221,14 @@ class ResidualMLP(nn.Module):
                 break
         return taps
 
+    def stage_steps(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """One function per block: its output from the previous block's (the first takes the input x)."""
+        def first(x: torch.Tensor) -> torch.Tensor:
+            h = self.input_layer(x)
+            return h + self.blocks[0](h)
+
+        return [first] + [lambda h, block=block: h + block(h) for block in self.blocks[1:]]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, input_dim) -> (N, output_dim) from the last block."""
         return self.classifier(self.features(x)[self.stage_names[-1]])
@@ -329,10 +351,10 @@ def exit_accuracy(exit_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 
 
 @torch.no_grad()
-def calibration_error(exit_logits: torch.Tensor, labels: torch.Tensor, *, bins: int = 15) -> torch.Tensor:
-    """Expected calibration error of every exit: sum over confidence bins of |accuracy - confidence| * bin share.
+def reliability_bins(exit_logits: torch.Tensor, labels: torch.Tensor, *, bins: int = ECE_BINS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per exit and equal-width confidence bin on [0, 1]: how many examples, their mean confidence, their accuracy.
 
-    Confidence is the top softmax probability; bins are equal-width on [0, 1].
+    Confidence is the top softmax probability. The ECE and the reliability diagram both read these bins.
 
     Args:
         exit_logits: (exits, N, C).
@@ -340,22 +362,46 @@ def calibration_error(exit_logits: torch.Tensor, labels: torch.Tensor, *, bins: 
         bins: number of bins (>= 1).
 
     Returns:
-        (exits,) float64.
+        count, mean confidence, accuracy: (exits, bins) float64; the last two are NaN in empty bins.
     """
     _check_exit_logits(exit_logits, labels)
-    if not isinstance(bins, int) or bins < 1:
-        raise ValueError(f"bins must be an int >= 1, got {bins!r}")
+    bins = check_int("bins", bins, minimum=1)
     confidence, prediction = torch.softmax(exit_logits.double(), dim=-1).max(dim=-1)
     correct = (prediction == labels.to(exit_logits.device)).double()
     which = (confidence * bins).long().clamp(max=bins - 1)  # (exits, N)
-    errors = []
-    for t in range(exit_logits.shape[0]):
-        gap = torch.bincount(which[t], weights=confidence[t] - correct[t], minlength=bins)  # per bin: sum(conf - correct)
-        errors.append(gap.abs().sum() / max(exit_logits.shape[1], 1))
-    return torch.stack(errors)
+    rows = [(torch.bincount(w, minlength=bins).double(), torch.bincount(w, weights=c, minlength=bins), torch.bincount(w, weights=k, minlength=bins))
+            for w, c, k in zip(which, confidence, correct)]
+    count, conf_sum, correct_sum = (torch.stack(parts) for parts in zip(*rows))
+    empty = torch.where(count > 0, count, torch.full_like(count, torch.nan))
+    return count, conf_sum / empty, correct_sum / empty
 
 
-def exit_costs(model: MultiExit, example_input: torch.Tensor) -> list[dict[str, float]]:
+def calibration_error(exit_logits: torch.Tensor, labels: torch.Tensor, *, bins: int = ECE_BINS) -> torch.Tensor:
+    """Expected calibration error of every exit: sum over confidence bins of |accuracy - confidence| * bin share.
+
+    Args:
+        exit_logits: (exits, N, C).
+        labels: (N,).
+        bins: number of equal-width confidence bins (reliability_bins).
+
+    Returns:
+        (exits,) float64.
+    """
+    count, confidence, accuracy = reliability_bins(exit_logits, labels, bins=bins)
+    return ((accuracy - confidence).abs().nan_to_num(0.0) * count).sum(dim=1) / exit_logits.shape[1]
+
+
+@dataclass(frozen=True)
+class ExitCost:
+    """What it costs one example to reach an exit: multiply-accumulates and the parameters that ran."""
+
+    exit: int
+    stage: str
+    macs: float
+    params: int
+
+
+def exit_costs(model: MultiExit, example_input: torch.Tensor) -> list[ExitCost]:
     """What it costs to reach each exit, per example: multiply-accumulates and parameters.
 
     Reaching exit t means running the backbone up to exit t's stage and evaluating heads 0..t (an early-exit policy
@@ -367,7 +413,7 @@ def exit_costs(model: MultiExit, example_input: torch.Tensor) -> list[dict[str, 
         example_input: a batch of at least one input (only the first row is used).
 
     Returns:
-        One dict per exit: {"exit", "stage", "macs", "params"}.
+        One ExitCost per exit.
     """
     device = next(model.parameters()).device
     x = example_input[:1].to(device)
@@ -389,7 +435,7 @@ def exit_costs(model: MultiExit, example_input: torch.Tensor) -> list[dict[str, 
         for hook in hooks:
             hook.remove()
         params = {id(p): p.numel() for m in ran.values() for p in m.parameters(recurse=False)}
-        costs.append({"exit": float(t), "stage": name, "macs": counter.get_total_flops() / 2, "params": float(sum(params.values()))})
+        costs.append(ExitCost(t, name, counter.get_total_flops() / 2, int(sum(params.values()))))
     model.train(was_training)
     return costs
 
@@ -424,22 +470,32 @@ def confidence_exit(exit_logits: torch.Tensor, threshold: float | Sequence[float
     return exit_index, prediction.gather(0, exit_index[None]).squeeze(0)
 
 
+@dataclass(frozen=True)
+class PolicyPoint:
+    """The confidence-threshold policy at one threshold: accuracy, mean MACs per example, share leaving at each exit."""
+
+    threshold: float
+    accuracy: float
+    mean_macs: float
+    exit_shares: tuple[float, ...]
+
+
 def threshold_curve(
     exit_logits: torch.Tensor,
     labels: torch.Tensor,
     exit_macs: Sequence[float],
     thresholds: Sequence[float] | None = None,
-) -> list[dict[str, float]]:
+) -> list[PolicyPoint]:
     """Accuracy against mean compute of the confidence-threshold policy, one point per threshold.
 
     Args:
         exit_logits: (exits, N, C) full-pass logits.
         labels: (N,).
-        exit_macs: cost of reaching each exit (exit_costs' "macs").
+        exit_macs: cost of reaching each exit (ExitCost.macs).
         thresholds: confidences to try; None uses 0.0, 0.05, ..., 1.0 (0 stops everyone at exit 0, 1 almost no one).
 
     Returns:
-        One dict per threshold: {"threshold", "accuracy", "mean_macs", "exit_k_share" for each exit k}.
+        One PolicyPoint per threshold.
     """
     _check_exit_logits(exit_logits, labels)
     exits = exit_logits.shape[0]
@@ -447,22 +503,61 @@ def threshold_curve(
         raise ValueError(f"exit_macs must hold one cost per exit ({exits}), got {len(exit_macs)}")
     macs = torch.as_tensor(list(exit_macs), dtype=torch.float64, device=exit_logits.device)
     grid = [round(0.05 * i, 2) for i in range(21)] if thresholds is None else list(thresholds)
-    rows = []
+    points = []
     for threshold in grid:
         index, prediction = confidence_exit(exit_logits, threshold)
-        row = {"threshold": float(threshold), "accuracy": float((prediction == labels.to(prediction.device)).double().mean()), "mean_macs": float(macs[index].mean())}
         shares = torch.bincount(index, minlength=exits).double() / len(index)
-        row.update({f"exit_{k}_share": float(shares[k]) for k in range(exits)})
-        rows.append(row)
-    return rows
+        points.append(PolicyPoint(float(threshold), float((prediction == labels.to(prediction.device)).double().mean()),
+                                  float(macs[index].mean()), tuple(float(v) for v in shares)))
+    return points
+
+
+def stage_steps(backbone: nn.Module) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    """The backbone one stage at a time: steps[i] maps stage i-1's output (the input for i = 0) to stage i's.
+
+    The feature-tap interface hands out prefixes (`features(x, upto=...)`); an early-exit path that carries each
+    example's activations forward needs single stages. Supported: a backbone with its own `stage_steps()` (the
+    ResidualMLP), kdteach's MLP, and backbones whose every stage is a submodule of that name except a final
+    "pooled" stage, a global average pool (the CIFAR and torchvision ResNets).
+
+    Args:
+        backbone: a backbone with the feature-tap interface.
+
+    Returns:
+        One function per entry of backbone.stage_names.
+    """
+    from kdteach.models.mlp import MLP
+
+    if hasattr(backbone, "stage_steps"):
+        return backbone.stage_steps()
+    if isinstance(backbone, MLP):  # as in MLP.features: input dropout, then dropout(relu(linear)) per hidden layer
+        steps = [lambda h, layer=layer: backbone.dropout(torch.relu(layer(h))) for layer in backbone.hidden]
+        first = steps[0]
+        steps[0] = lambda x: first(backbone.input_dropout(x.flatten(1)))
+        return steps
+    names = list(backbone.stage_names)
+    pooled = names[-1] == "pooled"
+    modules = [getattr(backbone, name, None) for name in (names[:-1] if pooled else names)]
+    if not all(isinstance(m, nn.Module) for m in modules):
+        raise ValueError(f"backbone {type(backbone).__name__} does not expose its stages one by one (see stage_steps)")
+    return modules + ([lambda h: torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)] if pooled else [])
+
+
+@dataclass(frozen=True)
+class EarlyExitOutput:
+    """What the real early-exit path returns: per example its prediction, its exit and that exit's logits."""
+
+    predictions: torch.Tensor
+    exit_index: torch.Tensor
+    logits: torch.Tensor
 
 
 @torch.no_grad()
-def early_exit_predict(model: MultiExit, x: torch.Tensor, threshold: float | Sequence[float] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The confidence-threshold policy with real early stopping (see the module docstring).
+def early_exit_predict(model: MultiExit, x: torch.Tensor, threshold: float | Sequence[float] | torch.Tensor) -> EarlyExitOutput:
+    """The confidence-threshold policy with real early stopping, stage by stage (see the module docstring).
 
-    Exit 0 is computed for every example; exit t only for the examples not yet confident. Stages beyond an
-    example's exit never run for it; the earlier stages are recomputed for the examples that continue.
+    Every example runs up to exit 0's stage and its head; the examples not yet confident carry their activations
+    forward to the next exit's stages, so no stage runs twice for an example and no stage runs after its exit.
 
     Args:
         model: a MultiExit classifier (run in eval mode).
@@ -470,24 +565,108 @@ def early_exit_predict(model: MultiExit, x: torch.Tensor, threshold: float | Seq
         threshold: a confidence in [0, 1], or one per exit.
 
     Returns:
-        predictions (N,) long and exit_index (N,) long, on x's device.
+        EarlyExitOutput: predictions (N,) long, exit_index (N,) long and logits (N, C) of each example's exit, on
+        x's device.
     """
     device = next(model.parameters()).device
     t = _confidence_thresholds(threshold, model.num_exits, device)
+    steps = stage_steps(model.backbone)
+    last_stage = [list(model.backbone.stage_names).index(name) for name in model.exit_names]
     was_training = model.training
     model.eval()
     n = len(x)
     predictions = torch.zeros(n, dtype=torch.long, device=device)
     exit_index = torch.full((n,), model.num_exits - 1, dtype=torch.long, device=device)
-    remaining = torch.arange(n, device=device)
-    for k in range(model.num_exits):
+    logits = torch.zeros(n, model.num_outputs, device=device)
+    remaining, h, done = torch.arange(n, device=device), x.to(device), 0
+    for k, head in enumerate(model.heads):
         if len(remaining) == 0:
             break
-        probs = torch.softmax(model.forward_exit(x[remaining.to(x.device)].to(device), k).double(), dim=-1)
-        confidence, prediction = probs.max(dim=-1)
+        for step in steps[done: last_stage[k] + 1]:
+            h = step(h)
+        done = last_stage[k] + 1
+        out = head(_head_input(h, model.head_pool))
+        confidence, prediction = torch.softmax(out.double(), dim=-1).max(dim=-1)
         stop = confidence >= t[k] if k < model.num_exits - 1 else torch.ones_like(confidence, dtype=torch.bool)
-        predictions[remaining[stop]] = prediction[stop]
-        exit_index[remaining[stop]] = k
-        remaining = remaining[~stop]
+        predictions[remaining[stop]], exit_index[remaining[stop]], logits[remaining[stop]] = prediction[stop], k, out[stop].float()
+        remaining, h = remaining[~stop], h[~stop]  # only the examples that go on keep their activations
     model.train(was_training)
-    return predictions.to(x.device), exit_index.to(x.device)
+    return EarlyExitOutput(predictions.to(x.device), exit_index.to(x.device), logits.to(x.device))
+
+
+@dataclass(frozen=True)
+class EarlyExitRun:
+    """The real early-exit path measured: where examples left, the compute spent against the ideal, the time.
+
+    Attributes:
+        threshold: the confidence threshold.
+        exit_shares: share of examples leaving at each exit.
+        ideal_macs: mean MACs per example of an implementation that spends exactly exit_costs at each exit.
+        spent_macs: mean MACs per example counted (FLOP counter) on the real run.
+        full_macs: MACs of one example through the whole network with every head.
+        early_seconds, full_seconds: median wall time of the early-exit path and of one full pass with every exit.
+        repeats: timed repeats (after one warm-up run each).
+        matches_simulated: the same exits and predictions as confidence_exit on full-pass logits.
+    """
+
+    threshold: float
+    exit_shares: tuple[float, ...]
+    ideal_macs: float
+    spent_macs: float
+    full_macs: float
+    early_seconds: float
+    full_seconds: float
+    repeats: int
+    matches_simulated: bool
+
+
+def _median_seconds(run: Callable[[], object], device: torch.device, repeats: int) -> float:
+    # One warm-up call (allocations, kernel selection), then the median of `repeats` timed calls; CUDA work is
+    # waited for, or the clock would stop before the GPU did.
+    def timed() -> float:
+        started = time.perf_counter()
+        run()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - started
+
+    timed()
+    return statistics.median(timed() for _ in range(repeats))
+
+
+@torch.no_grad()
+def measure_early_exit(model: MultiExit, x: torch.Tensor, threshold: float, *, repeats: int = 5) -> EarlyExitRun:
+    """Runs the real early-exit path on x: checks it against the simulated policy, counts its MACs, times it.
+
+    Args:
+        model: a MultiExit classifier.
+        x: (N, ...) inputs (one batch).
+        threshold: the confidence threshold.
+        repeats: timed repeats (>= 1), each after a warm-up run.
+
+    Returns:
+        EarlyExitRun.
+    """
+    repeats = check_int("repeats", repeats, minimum=1)
+    device = next(model.parameters()).device
+    model.eval()
+    full = model(x.to(device))
+    index, prediction = confidence_exit(full, threshold)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        real = early_exit_predict(model, x, threshold)
+    macs = torch.tensor([c.macs for c in exit_costs(model, x)], dtype=torch.float64)
+    exit_index = real.exit_index.cpu()
+    same = bool(torch.equal(exit_index, index.cpu()) and torch.equal(real.predictions.cpu(), prediction.cpu()))
+    shares = torch.bincount(exit_index, minlength=model.num_exits).double() / len(x)
+    return EarlyExitRun(
+        threshold=float(threshold),
+        exit_shares=tuple(float(v) for v in shares),
+        ideal_macs=float(macs[exit_index].mean()),
+        spent_macs=counter.get_total_flops() / 2 / len(x),
+        full_macs=float(macs[-1]),
+        early_seconds=_median_seconds(lambda: early_exit_predict(model, x, threshold), device, repeats),
+        full_seconds=_median_seconds(lambda: model(x.to(device)), device, repeats),
+        repeats=repeats,
+        matches_simulated=same,
+    )

@@ -18,7 +18,9 @@ from kdteach.exits import (
     exit_costs,
     exit_feature_vectors,
     exit_logits,
+    measure_early_exit,
     multi_exit_mse,
+    reliability_bins,
     threshold_curve,
 )
 from kdteach.models.mlp import MLP
@@ -59,11 +61,11 @@ def test_multi_exit_resnet_pools_feature_maps_before_the_heads():
 def test_exit_costs_grow_and_match_a_hand_count():
     model = mlp_exits()
     costs = exit_costs(model, torch.zeros(1, 12))
-    macs = [c["macs"] for c in costs]
+    macs = [c.macs for c in costs]
     # hidden layers 12x16, 16x16, 16x16; heads 16x5 each: reaching exit t runs layers 1..t and heads 1..t
     assert macs == [12 * 16 + 16 * 5, 12 * 16 + 16 * 16 + 2 * 16 * 5, 12 * 16 + 2 * 16 * 16 + 3 * 16 * 5]
-    assert costs[-1]["params"] == sum(p.numel() for p in model.parameters())
-    assert [c["stage"] for c in costs] == list(model.exit_names)
+    assert costs[-1].params == sum(p.numel() for p in model.parameters())
+    assert [c.stage for c in costs] == list(model.exit_names)
 
 
 def test_early_exit_predict_matches_the_simulated_policy_and_really_skips_stages():
@@ -72,15 +74,63 @@ def test_early_exit_predict_matches_the_simulated_policy_and_really_skips_stages
     logits = model(x)
     for threshold in (0.0, 0.3, 0.45, [0.4, 0.5, 0.0], 1.1):
         index, prediction = confidence_exit(logits, threshold)
-        real_prediction, real_index = early_exit_predict(model, x, threshold)
-        assert torch.equal(index, real_index) and torch.equal(prediction, real_prediction)
+        real = early_exit_predict(model, x, threshold)
+        assert torch.equal(index, real.exit_index) and torch.equal(prediction, real.predictions)
     calls = []
     hook = model.backbone.hidden[2].register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
-    _, index = early_exit_predict(model, x, 0.0)  # everyone is confident at exit 0: later stages never run
-    assert calls == [] and (index == 0).all()
-    _, index = early_exit_predict(model, x, 0.45)
-    assert sum(calls) == int((index == 2).sum())  # the last stage ran only for the examples that reached it
+    real = early_exit_predict(model, x, 0.0)  # everyone is confident at exit 0: later stages never run
+    assert calls == [] and (real.exit_index == 0).all()
+    real = early_exit_predict(model, x, 0.45)
+    assert sum(calls) == int((real.exit_index == 2).sum())  # the last stage ran only for the examples that reached it
     hook.remove()
+
+
+def resnet_exits() -> MultiExit:
+    torch.manual_seed(0)
+    backbone = CifarResNet(8, 4, 5, in_channels=1)
+    return MultiExit(backbone, 5, example_input=torch.zeros(1, 1, 12, 12), exits=("stem", "layer1", "pooled"), head_pool=2).eval()
+
+
+def residual_exits() -> MultiExit:
+    torch.manual_seed(0)
+    return MultiExit(ResidualMLP(3, 8, 4, 5), 5, example_input=torch.zeros(2, 3)).eval()
+
+
+@pytest.mark.parametrize("make, shape, first_stage", [
+    (mlp_exits, (12,), lambda m: m.backbone.hidden[0]),
+    (resnet_exits, (1, 12, 12), lambda m: m.backbone.stem),
+    (residual_exits, (3,), lambda m: m.backbone.blocks[0]),
+])
+def test_early_exit_outputs_are_the_full_models_exit_outputs_and_no_stage_runs_twice(make, shape, first_stage):
+    model = make()
+    x = torch.randn(120, *shape)
+    full = model(x).detach()
+    threshold = float(torch.softmax(full[0], -1).max(-1).values.median())  # about half leave at exit 1
+    real = early_exit_predict(model, x, threshold)
+    assert 0 < int((real.exit_index == 0).sum()) < len(x)
+    for k in range(model.num_exits):
+        here = real.exit_index == k
+        torch.testing.assert_close(real.logits[here], full[k][here], atol=1e-5, rtol=1e-5)
+    # each stage runs once per example that reaches it: the first stage sees the N rows once, never more
+    rows = []
+    hook = first_stage(model).register_forward_hook(lambda m, i, o: rows.append(len(i[0])))
+    early_exit_predict(model, x, threshold)
+    hook.remove()
+    assert rows == [len(x)]
+
+
+def test_spent_macs_equal_the_ideal_count_and_the_run_is_timed():
+    model = resnet_exits()
+    x = torch.randn(64, 1, 12, 12)
+    threshold = float(torch.softmax(model(x)[0].detach(), -1).max(-1).values.median())
+    run = measure_early_exit(model, x, threshold, repeats=2)
+    costs = [c.macs for c in exit_costs(model, x)]
+    index = early_exit_predict(model, x, threshold).exit_index
+    assert run.matches_simulated and run.repeats == 2
+    assert run.spent_macs == pytest.approx(run.ideal_macs, rel=1e-12)
+    assert run.ideal_macs == pytest.approx(sum(costs[int(k)] for k in index) / len(x))
+    assert costs[0] < run.spent_macs < costs[-1] == run.full_macs
+    assert sum(run.exit_shares) == pytest.approx(1.0) and run.early_seconds > 0 and run.full_seconds > 0
 
 
 def test_confidence_exit_sends_everyone_to_the_last_exit_above_certainty():
@@ -93,9 +143,9 @@ def test_threshold_curve_spans_cheapest_to_full_compute():
     logits = torch.randn(3, 100, 4)
     labels = torch.randint(0, 4, (100,))
     rows = threshold_curve(logits, labels, [1.0, 2.0, 5.0], thresholds=[0.0, 1.01])
-    assert rows[0]["mean_macs"] == 1.0 and rows[1]["mean_macs"] == 5.0
-    assert rows[1]["accuracy"] == pytest.approx(float(exit_accuracy(logits, labels)[-1]))
-    assert rows[0]["exit_0_share"] == 1.0
+    assert rows[0].mean_macs == 1.0 and rows[1].mean_macs == 5.0
+    assert rows[1].accuracy == pytest.approx(float(exit_accuracy(logits, labels)[-1]))
+    assert rows[0].exit_shares == (1.0, 0.0, 0.0)
 
 
 def test_multi_exit_loss_is_the_mean_of_exit_losses_and_distils_without_touching_the_last_exit():
@@ -118,6 +168,23 @@ def test_calibration_error_and_accuracy_on_a_hand_made_example():
     assert exit_accuracy(logits, labels).tolist() == [0.5]
     assert calibration_error(logits, labels, bins=10).tolist() == pytest.approx([(0.2 + 0.6) / 2])
     assert calibration_error(logits, labels, bins=1).tolist() == pytest.approx([abs(0.7 - 0.5)])
+    count, confidence, accuracy = reliability_bins(logits, labels, bins=10)
+    assert count[0, 8] == 1 and count[0, 6] == 1 and count.sum() == 2 and torch.isnan(confidence[0, 0])
+    assert float(confidence[0, 8]) == pytest.approx(0.8) and float(accuracy[0, 6]) == 0.0
+
+
+def test_ece_is_the_count_weighted_gap_of_the_reliability_bins():
+    g = torch.Generator().manual_seed(0)
+    logits, labels = 3 * torch.randn(2, 500, 4, generator=g), torch.randint(0, 4, (500,), generator=g)
+    count, confidence, accuracy = reliability_bins(logits, labels)  # the default bins are the ECE's (15)
+    assert count.shape == (2, 15)
+    by_hand = []
+    for t in range(2):
+        conf, pred = torch.softmax(logits[t].double(), -1).max(-1)
+        which = (conf * 15).long().clamp(max=14)
+        by_hand.append(sum(abs(float(conf[which == b].mean()) - float((pred == labels)[which == b].double().mean())) * int((which == b).sum())
+                           for b in range(15) if (which == b).any()) / 500)
+    assert calibration_error(logits, labels).tolist() == pytest.approx(by_hand)
 
 
 def test_fit_trains_a_multi_exit_classifier_and_a_regressor():
