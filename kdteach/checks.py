@@ -69,8 +69,8 @@ def check_number(name: str, value: Any, *, low: float | None = None, high: float
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(float(value)):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     v = float(value)
-    left = "(" if low_open else "["
-    right = ")" if high_open else "]"
+    left = "(" if low_open or low is None else "["
+    right = ")" if high_open or high is None else "]"
     bounds = f"{left}{'-inf' if low is None else low}, {'inf' if high is None else high}{right}"
     if low is not None and (v < low or (low_open and v == low)):
         raise ValueError(f"{name} must be in {bounds}, got {value!r}")

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdteach import checks
 from kdteach.data.batches import Batch, Batches
-from kdteach.distill import check_logits
 from kdteach.distill import autocast_context
 from kdteach.train import predict
 
@@ -54,20 +54,10 @@ __all__ = [
 ]
 
 
-def _check_logits(name: str, logits: torch.Tensor) -> None:
-    check_logits(name, logits)  # (N, C) floating point
-    if logits.shape[1] < 2:
-        raise ValueError(f"{name} must have at least 2 classes, got {logits.shape[1]}")
-
-
-def _check_labels(labels: torch.Tensor, n: int, num_classes: int) -> None:
-    if not isinstance(labels, torch.Tensor) or labels.shape != (n,):
-        shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
-        raise ValueError(f"labels must have shape ({n},), got {shape}")
-    if labels.is_floating_point() or labels.dtype == torch.bool:
-        raise ValueError(f"labels must hold integer class indices, got {labels.dtype}")
-    if n > 0 and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise ValueError(f"labels must be in [0, {num_classes}), got values in [{int(labels.min())}, {int(labels.max())}]")
+def _check_readout(readout_logits: torch.Tensor, labels: torch.Tensor) -> None:
+    # Once per epoch or per diagnostic, never per step: the values are read even on a GPU (one sync).
+    checks.check_logits("readout_logits", readout_logits, min_classes=2, check_values=True)
+    checks.check_labels("labels", labels, readout_logits.shape[0], readout_logits.shape[1], check_values=True)
 
 
 def confidence_margin(logits: torch.Tensor) -> torch.Tensor:
@@ -79,7 +69,7 @@ def confidence_margin(logits: torch.Tensor) -> torch.Tensor:
     Returns:
         (N,) float32 margins in [0, 1]; for two classes this is |p0 - p1|.
     """
-    _check_logits("logits", logits)
+    checks.check_logits("logits", logits, min_classes=2)
     top2 = torch.softmax(logits.detach().float(), dim=1).topk(2, dim=1).values
     return top2[:, 0] - top2[:, 1]
 
@@ -96,11 +86,9 @@ def dedier_weights(readout_logits: torch.Tensor, labels: torch.Tensor, *, alpha:
     Returns:
         (N,) float32 weights, >= 1, on the logits' device.
     """
-    _check_logits("readout_logits", readout_logits)
-    _check_labels(labels, readout_logits.shape[0], readout_logits.shape[1])
-    for name, value in (("alpha", alpha), ("beta", beta)):
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    _check_readout(readout_logits, labels)
+    checks.check_number("alpha", alpha, low=0.0)
+    checks.check_number("beta", beta, low=0.0)
     margin = confidence_margin(readout_logits)
     wrong = readout_logits.argmax(dim=1) != labels.to(readout_logits.device)
     upweight = torch.exp(beta * margin.pow(alpha))
@@ -198,14 +186,11 @@ class EarlyReadout:
     ) -> None:
         if head not in ("conv", "linear"):
             raise ValueError(f"head must be 'conv' or 'linear', got {head!r}")
-        if not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-        if not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be an int >= 1, got {epochs!r}")
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr!r}")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1 or None, got {batch_size!r}")
+        checks.check_int("num_classes", num_classes, minimum=2)
+        checks.check_int("epochs", epochs, minimum=1)
+        checks.check_number("lr", lr, low=0.0, low_open=True)
+        if batch_size is not None:
+            checks.check_int("batch_size", batch_size, minimum=1)
         self.stage = stage
         self.num_classes = num_classes
         self.head_kind = head
@@ -371,9 +356,9 @@ class DeDiERReweighting:
     ) -> None:
         if "y" not in train.tensors:
             raise ValueError("train must carry labels 'y'")
-        if not isinstance(start_after, int) or start_after < 1:
-            raise ValueError(f"start_after must be an int >= 1, got {start_after!r}")
-        dedier_weights(torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), alpha=alpha, beta=beta)  # checks alpha, beta
+        checks.check_int("start_after", start_after, minimum=1)
+        checks.check_number("alpha", alpha, low=0.0)
+        checks.check_number("beta", beta, low=0.0)
         self.student = student
         self.readout = readout
         self.train = train
@@ -469,8 +454,7 @@ def jtt_weights(errors: torch.Tensor, *, upweight: float) -> torch.Tensor:
     """
     if not isinstance(errors, torch.Tensor) or errors.dtype != torch.bool or errors.dim() != 1:
         raise ValueError(f"errors must be a 1-D bool tensor, got {getattr(errors, 'dtype', type(errors).__name__)}")
-    if not isinstance(upweight, (int, float)) or not math.isfinite(upweight) or upweight < 1:
-        raise ValueError(f"upweight must be a finite number >= 1, got {upweight!r}")
+    checks.check_number("upweight", upweight, low=1.0)
     if not bool(errors.any()):
         raise ValueError(
             f"JTT: the error set is empty (the identification model classifies all {len(errors)} training examples "
@@ -488,28 +472,39 @@ class GroupDROLoss:
     group label of every training example (batch["group"]): an advantage over ERM, KD, JTT and DeDiER, which
     never see group labels in training.
 
+    Group ids outside [0, num_groups) are refused with a ValueError (on a GPU, index_add would stop the process
+    with a device-side assert instead). Checking reads the values, so it runs on every CPU batch, but on a GPU
+    only on the first batch (one wait for the GPU, once) and on `groups` when given: pass the training set's
+    group ids to have every id checked before training starts.
+
     Args:
         num_groups: number of groups.
         step_size: the exponentiated-gradient step size (eta_q; Sagawa et al. used 0.01).
+        groups: optional (N,) group ids of the whole training set, checked here against num_groups.
     """
 
-    def __init__(self, num_groups: int, *, step_size: float = 0.01) -> None:
-        if not isinstance(num_groups, int) or num_groups < 1:
-            raise ValueError(f"num_groups must be an int >= 1, got {num_groups!r}")
-        if not isinstance(step_size, (int, float)) or not step_size > 0 or not math.isfinite(step_size):
-            raise ValueError(f"step_size must be a finite number > 0, got {step_size!r}")
-        self.num_groups = num_groups
-        self.step_size = float(step_size)
-        self.group_weights = torch.full((num_groups,), 1.0 / num_groups)
+    def __init__(self, num_groups: int, *, step_size: float = 0.01, groups: torch.Tensor | None = None) -> None:
+        self.num_groups = checks.check_int("num_groups", num_groups, minimum=1)
+        self.step_size = checks.check_number("step_size", step_size, low=0.0, low_open=True)
+        if groups is not None:
+            checks.check_labels("groups", groups, None, self.num_groups, check_values=True)
+        self.group_weights = torch.full((self.num_groups,), 1.0 / self.num_groups)
+        self._checked_a_batch = False
 
     def group_losses(self, outputs: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean cross-entropy per group (0 for absent groups) and the group counts of the batch."""
         if "group" not in batch:
             raise ValueError("GroupDROLoss needs group labels: the batch has no 'group' tensor")
+        n = outputs.shape[0]
+        read = None if self._checked_a_batch else True  # the first batch always; later ones only off the GPU
+        checks.check_labels("batch['group']", batch["group"], n, self.num_groups, check_values=read)
+        checks.check_labels("batch['y']", batch["y"], n, outputs.shape[1], check_values=read)
+        self._checked_a_batch = True
         per_example = F.cross_entropy(outputs.float(), batch["y"], reduction="none")
         group = batch["group"].long()
         sums = torch.zeros(self.num_groups, device=outputs.device).index_add(0, group, per_example)
-        counts = torch.bincount(group, minlength=self.num_groups).float()
+        # Counted with index_add, not bincount: bincount sizes its output from the largest id, a wait for the GPU.
+        counts = torch.zeros(self.num_groups, device=outputs.device).index_add(0, group, torch.ones_like(per_example))
         return sums / counts.clamp(min=1), counts
 
     def __call__(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -527,7 +522,11 @@ class GroupDROLoss:
 
     def load_state_dict(self, state: dict) -> None:
         """Restores the group weights."""
-        self.group_weights = state["group_weights"].clone()
+        weights = state["group_weights"]
+        if not isinstance(weights, torch.Tensor) or weights.shape != (self.num_groups,):
+            got = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
+            raise ValueError(f"state['group_weights'] must have shape ({self.num_groups},) for num_groups={self.num_groups}, got {got}")
+        self.group_weights = weights.clone()
 
 
 def _pooled(features: torch.Tensor) -> torch.Tensor:
@@ -650,9 +649,9 @@ def readout_by_group(readout_logits: torch.Tensor, labels: torch.Tensor, groups:
         One dict per group: group, n, accuracy, mean_margin, mean_margin_wrong (margin where the readout is wrong;
         NaN if it never is).
     """
-    _check_logits("readout_logits", readout_logits)
-    _check_labels(labels, readout_logits.shape[0], readout_logits.shape[1])
-    _check_labels_named("groups", groups, readout_logits.shape[0], num_groups)
+    _check_readout(readout_logits, labels)
+    checks.check_int("num_groups", num_groups, minimum=1)
+    checks.check_labels("groups", groups, readout_logits.shape[0], num_groups, check_values=True)
     margin = confidence_margin(readout_logits).cpu()
     wrong = (readout_logits.argmax(dim=1) != labels.to(readout_logits.device)).cpu()
     groups = groups.cpu()
@@ -673,13 +672,6 @@ def readout_by_group(readout_logits: torch.Tensor, labels: torch.Tensor, groups:
     return rows
 
 
-def _check_labels_named(name: str, values: torch.Tensor, n: int, high: int) -> None:
-    try:
-        _check_labels(values, n, high)
-    except ValueError as error:
-        raise ValueError(str(error).replace("labels", name, 1)) from None
-
-
 def confident_error_retrieval(readout_logits: torch.Tensor, labels: torch.Tensor, minority: torch.Tensor, *, margin: float) -> dict[str, float]:
     """How well "readout wrong with margin >= m" picks out minority-group examples.
 
@@ -694,12 +686,10 @@ def confident_error_retrieval(readout_logits: torch.Tensor, labels: torch.Tensor
         "recall" (share of minority that are flagged), "base_rate" (share of minority overall: the precision of
         flagging at random), "lift" (precision / base_rate)}.
     """
-    _check_logits("readout_logits", readout_logits)
-    _check_labels(labels, readout_logits.shape[0], readout_logits.shape[1])
+    _check_readout(readout_logits, labels)
     if not isinstance(minority, torch.Tensor) or minority.dtype != torch.bool or minority.shape != labels.shape:
         raise ValueError(f"minority must be a bool tensor of shape {tuple(labels.shape)}")
-    if not 0.0 <= margin <= 1.0:
-        raise ValueError(f"margin must be in [0, 1], got {margin!r}")
+    margin = checks.check_number("margin", margin, low=0.0, high=1.0)
     wrong = (readout_logits.argmax(dim=1) != labels.to(readout_logits.device)).cpu()
     flagged = wrong & (confidence_margin(readout_logits).cpu() >= margin)
     minority = minority.cpu()
@@ -729,9 +719,9 @@ def weights_by_group(weights: torch.Tensor, groups: torch.Tensor, num_groups: in
         One dict per group: group, n, mean_weight, upweighted (share with weight > 1), weight_share (the group's
         share of the summed weight: how much of the loss it carries).
     """
-    if not isinstance(weights, torch.Tensor) or weights.dim() != 1:
-        raise ValueError("weights must be a 1-D tensor")
-    _check_labels_named("groups", groups, len(weights), num_groups)
+    checks.check_tensor("weights", weights, dims=(1,), what="(N,)")
+    checks.check_int("num_groups", num_groups, minimum=1)
+    checks.check_labels("groups", groups, len(weights), num_groups, check_values=True)
     weights, groups = weights.float().cpu(), groups.cpu()
     total = float(weights.sum())
     rows = []

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdteach import checks
+from kdteach.checks import check_logits  # noqa: F401 - distill.check_logits was public before checks.py held it
 from kdteach.data.batches import Batches
 
 
@@ -25,28 +27,22 @@ def softmax_t(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Softmax at temperature T over the last dimension: exp(z_i / T) / sum_j exp(z_j / T).
 
     Args:
-        logits: (..., classes).
-        temperature: T > 0; T > 1 softens the distribution, T -> 0 approaches argmax.
+        logits: (..., classes), not empty; NaN or inf is refused for CPU tensors (see checks.reads_values).
+        temperature: T > 0 and finite; T > 1 softens the distribution, T -> 0 approaches argmax.
 
     Returns:
         Probabilities of the same shape, in float32 at least.
     """
-    _check_temperature(temperature)
+    checks.check_temperature(temperature)
+    if not isinstance(logits, torch.Tensor) or logits.dim() == 0 or logits.numel() == 0:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"logits must be a non-empty tensor of shape (..., classes), got {got}")
+    checks.check_finite("logits", logits)
     return torch.softmax(logits.float() / temperature, dim=-1)
 
 
-def _check_temperature(temperature: float) -> None:
-    if not isinstance(temperature, (int, float)) or not temperature > 0 or temperature != temperature:
-        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
-
-
-def check_logits(name: str, logits: torch.Tensor) -> None:
-    """Raises ValueError naming the argument unless logits is a floating-point tensor of shape (N, classes)."""
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ValueError(f"{name} must be a tensor of shape (N, classes), got {shape}")
-    if not logits.is_floating_point():
-        raise ValueError(f"{name} must be floating point, got {logits.dtype}")
+# The rest of this module (KDLoss, logit_matching_gap) checks temperatures through this name.
+_check_temperature = checks.check_temperature
 
 
 def kd_loss_per_example(
@@ -66,23 +62,21 @@ def kd_loss_per_example(
         labels: (N,) class indices; None only when soft_weight == 1.
         temperature: T > 0 for the soft term.
         soft_weight: weight of the soft term in [0, 1]; the hard term gets 1 - soft_weight.
-        check_values: check label range (reads the values, which waits for a GPU). None: only for CPU tensors.
+        check_values: check label range and that the logits are finite (reads the values, which waits for a
+            GPU). None: only for CPU tensors, so a training step on a GPU never waits for the host.
 
     Returns:
         (N,) float32 losses.
     """
-    _check_temperature(temperature)
-    if not isinstance(soft_weight, (int, float)) or not 0.0 <= soft_weight <= 1.0:
-        raise ValueError(f"soft_weight must be in [0, 1], got {soft_weight!r}")
-    check_logits("student_logits", student_logits)
+    checks.check_temperature(temperature)
+    soft_weight = checks.check_number("soft_weight", soft_weight, low=0.0, high=1.0)
+    checks.check_logits("student_logits", student_logits, check_values=check_values)
     n, num_classes = student_logits.shape
-    if check_values is None:
-        check_values = student_logits.device.type == "cpu"
     loss = student_logits.new_zeros(n, dtype=torch.float32)
     if soft_weight > 0:
         if teacher_logits is None:
             raise ValueError("teacher_logits is None, but soft_weight > 0 needs the teacher's logits")
-        check_logits("teacher_logits", teacher_logits)
+        checks.check_logits("teacher_logits", teacher_logits, check_values=check_values)
         if teacher_logits.shape[0] != n:
             raise ValueError(f"teacher_logits has {teacher_logits.shape[0]} rows, student_logits has {n}")
         if teacher_logits.shape[1] != num_classes:
@@ -94,12 +88,7 @@ def kd_loss_per_example(
     if soft_weight < 1:
         if labels is None:
             raise ValueError("labels is None, but soft_weight < 1 needs labels for the hard term")
-        if labels.shape != (n,):
-            raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
-        if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise ValueError(f"labels must hold integer class indices, got {labels.dtype}")
-        if check_values and n > 0 and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-            raise ValueError(f"labels must be in [0, {num_classes}), got values in [{int(labels.min())}, {int(labels.max())}]")
+        checks.check_labels("labels", labels, n, num_classes, check_values=check_values)
         hard = F.cross_entropy(student_logits.float(), labels.long(), reduction="none")
         loss = loss + (1.0 - soft_weight) * hard
     return loss
@@ -140,7 +129,7 @@ def kd_loss(
         if not isinstance(weights, torch.Tensor) or weights.shape != (n,):
             shape = tuple(weights.shape) if isinstance(weights, torch.Tensor) else type(weights).__name__
             raise ValueError(f"weights must have shape ({n},), got {shape}")
-        if check_values or (check_values is None and weights.device.type == "cpu"):
+        if checks.reads_values(weights, check_values):
             if not bool(torch.isfinite(weights).all()):
                 raise ValueError("weights must be finite, got NaN or infinity")
             if bool((weights < 0).any()):

@@ -24,6 +24,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
+from kdteach import checks
+
 __all__ = [
     "AVERAGE_CONVENTIONS",
     "GroupAccuracy",
@@ -95,10 +97,8 @@ def _membership(groups: ArrayLike, num_groups: int | None, n: int) -> np.ndarray
         raise ValueError(f"groups must hold integer group ids, got dtype {array.dtype}")
     if num_groups is None:
         num_groups = int(array.max()) + 1 if array.size else 0
-    if not isinstance(num_groups, (int, np.integer)) or num_groups < 1:
-        raise ValueError(f"num_groups must be an int >= 1, got {num_groups!r}")
-    if array.size and (array.min() < 0 or array.max() >= num_groups):
-        raise ValueError(f"groups must be in [0, {num_groups}), got values in [{array.min()}, {array.max()}]")
+    num_groups = checks.check_int("num_groups", num_groups, minimum=1)
+    checks.check_labels("groups", torch.as_tensor(array.astype(np.int64)), None, num_groups)
     return array[:, None] == np.arange(num_groups)[None, :]
 
 
@@ -113,15 +113,16 @@ def group_ids(labels: ArrayLike, attributes: ArrayLike, num_attributes: int = 2)
     Returns:
         (N,) int64 group ids.
     """
-    y = torch.as_tensor(labels).long()
-    a = torch.as_tensor(attributes).long()
+    y, a = (torch.as_tensor(v) for v in (labels, attributes))
+    y, a = (v.long() if v.numel() == 0 else v for v in (y, a))  # an empty list becomes a float tensor
     if y.shape != a.shape or y.dim() != 1:
         raise ValueError(f"labels and attributes must be 1-D of the same length, got {tuple(y.shape)} and {tuple(a.shape)}")
-    if a.numel() and (int(a.min()) < 0 or int(a.max()) >= num_attributes):
-        raise ValueError(f"attributes must be in [0, {num_attributes}), got values in [{int(a.min())}, {int(a.max())}]")
+    num_attributes = checks.check_int("num_attributes", num_attributes, minimum=1)
+    checks.check_labels("labels", y, None, None)
+    checks.check_labels("attributes", a, None, num_attributes)
     if y.numel() and int(y.min()) < 0:
-        raise ValueError("labels must be >= 0")
-    return y * num_attributes + a
+        raise ValueError(f"labels must be >= 0, got {int(y.min())}")
+    return y.long() * num_attributes + a.long()
 
 
 def group_counts(groups: ArrayLike, num_groups: int | None = None) -> np.ndarray:
@@ -153,6 +154,8 @@ def group_accuracy(preds: ArrayLike, labels: ArrayLike, groups: ArrayLike, num_g
     y = _to_numpy("labels", labels)
     if y.ndim != 1:
         raise ValueError(f"labels must be 1-D class ids, got shape {y.shape}")
+    if len(y) == 0:
+        raise ValueError("labels is empty (0 examples): there is no accuracy to compute (preds, labels and groups must have rows)")
     p = _class_predictions(preds)
     if len(p) != len(y):
         raise ValueError(f"preds has {len(p)} rows but labels has {len(y)}")

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from kdteach import runtime
+from kdteach import checks, runtime
 from kdteach.groups import group_ids
 
 __all__ = [
@@ -150,8 +150,7 @@ def negation_groups(labels: Sequence[int] | torch.Tensor, hypotheses: Sequence[s
     labels = torch.as_tensor(labels, dtype=torch.long)
     if len(hypotheses) != len(labels):
         raise ValueError(f"hypotheses has {len(hypotheses)} entries, labels has {len(labels)}")
-    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(NLI_CLASSES)):
-        raise ValueError(f"labels must be in [0, {len(NLI_CLASSES)}), got values in [{int(labels.min())}, {int(labels.max())}]")
+    checks.check_labels("labels", labels, None, len(NLI_CLASSES))
     negation = torch.tensor([has_negation(h) for h in hypotheses], dtype=torch.long)
     return group_ids(labels, negation, num_attributes=2)
 
