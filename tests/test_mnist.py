@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kdteach.data import find_mnist_root, load_digits_standin, load_mnist, load_mnist_or_standin
-from kdteach.data.mnist import MNIST_FILES
+from kdteach.data.mnist import MNIST_FILES, verify_mnist_file
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -72,3 +72,87 @@ def test_offline_copy_is_real_mnist():
     _, yt = load_mnist("test", root=SHARED)
     assert int((yt == 3).sum()) == 1010  # Hinton et al.: "the 1010 threes in the test set"
     assert len(MNIST_FILES) == 4
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Bad files: each is named, none makes load_mnist_or_standin switch to the stand-in
+# --------------------------------------------------------------------------------------------------------------
+def _raw(root: Path) -> Path:
+    return root / "MNIST" / "raw"
+
+
+def test_verify_counts_records_from_the_header(tiny_mnist):
+    root, _, _ = tiny_mnist
+    assert verify_mnist_file(_raw(root) / "train-images-idx3-ubyte") == 5  # 16 + 5 * 784 bytes
+    assert verify_mnist_file(_raw(root) / "t10k-labels-idx1-ubyte") == 2  # 8 + 2 bytes
+
+
+@pytest.mark.parametrize("name, keep, message", [
+    ("train-images-idx3-ubyte", 16 + 3 * 784, r"train-images-idx3-ubyte is truncated \(2368 bytes, expected 3936"),
+    ("train-labels-idx1-ubyte", 11, r"train-labels-idx1-ubyte is truncated \(11 bytes, expected 13"),
+    ("train-images-idx3-ubyte", 10, r"train-images-idx3-ubyte is truncated \(10 bytes, shorter than its 16-byte header"),
+])
+def test_a_truncated_file_is_named_with_its_sizes(tiny_mnist, name, keep, message):
+    root, _, _ = tiny_mnist
+    path = _raw(root) / name
+    path.write_bytes(path.read_bytes()[:keep])
+    with pytest.raises(ValueError, match=f"(?s){message}.*delete it and download again"):
+        load_mnist("train", root=root)
+    load_mnist("test", root=root)  # the other split's files are fine and still load
+
+
+def test_other_bad_files_are_named(tiny_mnist):
+    root, _, _ = tiny_mnist
+    labels = _raw(root) / "train-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes() + b"\x00")  # one byte too many
+    with pytest.raises(ValueError, match="train-labels-idx1-ubyte is longer than its header declares"):
+        load_mnist("train", root=root)
+    labels.write_bytes(struct.pack(">II", 2051, 5) + bytes(5))  # an images magic number on a labels file
+    with pytest.raises(ValueError, match="train-labels-idx1-ubyte is not an MNIST IDX file"):
+        load_mnist("train", root=root)
+    labels.write_bytes(struct.pack(">II", 2049, 4) + bytes(4))  # 4 labels for 5 images
+    with pytest.raises(ValueError, match="5 train images but 4 labels"):
+        load_mnist("train", root=root)
+    labels.write_bytes(struct.pack(">II", 2049, 5) + bytes([1, 2, 3, 4, 200]))
+    with pytest.raises(ValueError, match=r"labels in .*train-labels-idx1-ubyte must be in \[0, 10\), got values in \[1, 200\]"):
+        load_mnist("train", root=root)
+
+
+def test_a_full_size_file_with_other_content_fails_the_md5(tmp_path):
+    # 10,000 zero labels: the size of MNIST's test labels, not their content.
+    raw = _raw(tmp_path)
+    raw.mkdir(parents=True)
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(struct.pack(">II", 2049, 10_000) + bytes(10_000))
+    assert (raw / "t10k-labels-idx1-ubyte").stat().st_size == 10008
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte has MNIST's size but not its content \(MD5 .*expected 27ae3e4e"):
+        verify_mnist_file(raw / "t10k-labels-idx1-ubyte")
+
+
+def test_a_bad_or_partial_copy_is_an_error_not_a_switch_to_the_standin(tiny_mnist, monkeypatch, capsys):
+    root, _, _ = tiny_mnist
+    monkeypatch.setattr("kdteach.runtime.data_search_path", lambda: [root])
+    images = _raw(root) / "t10k-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:100])
+    with pytest.raises(ValueError, match="t10k-images-idx3-ubyte is truncated"):
+        load_mnist_or_standin("test")
+    images.unlink()
+    with pytest.raises(ValueError, match="holds 3 of MNIST's four files; missing: t10k-images-idx3-ubyte"):
+        load_mnist_or_standin("train")
+    assert "scikit-learn" not in capsys.readouterr().out
+
+
+def test_the_standin_is_announced_even_when_quiet(monkeypatch, tmp_path):
+    monkeypatch.setattr("kdteach.runtime.data_search_path", lambda: [tmp_path])
+    with pytest.warns(UserWarning, match=r"MNIST's files are not in .*scikit-learn's 8x8 digits"):
+        _, y = load_mnist_or_standin("test", verbose=False)
+    assert len(y) == 1797 - int(0.8 * 1797)
+
+
+@pytest.mark.skipif(find_mnist_root(SHARED) is None, reason="no offline MNIST copy beside the checkout")
+def test_the_offline_copy_passes_verification_with_the_canonical_sizes():
+    sizes = {"train-images-idx3-ubyte": 47040016, "train-labels-idx1-ubyte": 60008,
+             "t10k-images-idx3-ubyte": 7840016, "t10k-labels-idx1-ubyte": 10008}
+    for name, size in sizes.items():
+        path = SHARED / "MNIST" / "raw" / name
+        assert path.stat().st_size == size
+        assert verify_mnist_file(path) == (size - (16 if "images" in name else 8)) // (784 if "images" in name else 1)

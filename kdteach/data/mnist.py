@@ -1,6 +1,16 @@
-"""MNIST, read through torchvision from the data folder, with a clear error when it is not there."""
+"""MNIST, read through torchvision from the data folder, each file verified first, with a clear error when it is
+not there.
+
+The four files are torchvision's uncompressed IDX files in MNIST/raw/. An IDX file declares its shape in its header
+(a magic number, then one 4-byte count per dimension), so a truncated or padded file is caught by comparing the
+file's size with the size its header declares; a file with the full 60,000 or 10,000 records is also compared with
+the canonical file's MD5. A bad file is an error that names it, never a silent switch to the stand-in.
+"""
 from __future__ import annotations
 
+import hashlib
+import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -8,23 +18,81 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdteach import runtime
+from kdteach import checks, runtime
 from kdteach.data.batches import Batches
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
+# file -> (IDX magic number, bytes per record, records in the canonical file, MD5 of the canonical file). The MD5s
+# are of the uncompressed files (torchvision.datasets.MNIST.resources checks the .gz downloads).
+_IDX_FORMAT = {
+    "train-images-idx3-ubyte": (2051, 28 * 28, 60_000, "6bbc9ace898e44ae57da46a324031adb"),
+    "train-labels-idx1-ubyte": (2049, 1, 60_000, "a25bea736e30d166cdddb491f175f624"),
+    "t10k-images-idx3-ubyte": (2051, 28 * 28, 10_000, "2646ac647ad5339dbf082846283269ea"),
+    "t10k-labels-idx1-ubyte": (2049, 1, 10_000, "27ae3e4e09519cfbb04c329615203637"),
+}
+_FIX = "delete it and download again (load_mnist(..., download=True), or copy it from a machine that has MNIST)"
+
+
+def verify_mnist_file(path: str | Path) -> int:
+    """Checks one of MNIST's IDX files against its header and, for a full-size file, against MNIST's MD5.
+
+    Args:
+        path: the file; its name must be one of MNIST_FILES.
+
+    Returns:
+        The number of records (images or labels) it holds.
+
+    Raises:
+        ValueError: naming the file, when it is truncated, padded, not an MNIST IDX file, or differs from MNIST.
+    """
+    path = Path(path)
+    if path.name not in _IDX_FORMAT:
+        raise ValueError(f"path must name one of MNIST's files {MNIST_FILES}, got {path}")
+    magic, record_bytes, canonical_count, md5 = _IDX_FORMAT[path.name]
+    header_bytes = 16 if magic == 2051 else 8  # images: magic, count, rows, columns; labels: magic, count
+    size = path.stat().st_size
+    if size < header_bytes:
+        raise ValueError(f"{path} is truncated ({size} bytes, shorter than its {header_bytes}-byte header): {_FIX}")
+    with open(path, "rb") as f:
+        fields = struct.unpack(f">{header_bytes // 4}I", f.read(header_bytes))
+    if fields[0] != magic:
+        raise ValueError(f"{path} is not an MNIST IDX file (magic number {fields[0]}, expected {magic}): {_FIX}")
+    if magic == 2051 and fields[2:] != (28, 28):
+        raise ValueError(f"{path} declares {fields[2]}x{fields[3]} images, MNIST's are 28x28: {_FIX}")
+    count = fields[1]
+    expected = header_bytes + count * record_bytes
+    if size != expected:
+        what = "truncated" if size < expected else "longer than its header declares"
+        raise ValueError(f"{path} is {what} ({size} bytes, expected {expected} for the {count} records its header "
+                         f"declares): {_FIX}")
+    if count == canonical_count:
+        digest = hashlib.md5(path.read_bytes()).hexdigest()
+        if digest != md5:
+            raise ValueError(f"{path} has MNIST's size but not its content (MD5 {digest}, expected {md5}): {_FIX}")
+    return count
+
 
 def find_mnist_root(root: str | Path | None = None) -> Path | None:
-    """Returns the first folder holding MNIST/raw/ with the four IDX files, or None.
+    """Returns the first folder holding MNIST/raw/ with the four IDX files, or None when no folder holds any.
 
     Args:
         root: a folder to look in; None searches runtime.data_search_path().
+
+    Raises:
+        ValueError: when the first folder with MNIST files lacks some of the four (a partial copy is an error to
+            fix, not a reason to fall back to the stand-in).
     """
     candidates = [Path(root)] if root is not None else runtime.data_search_path()
     for folder in candidates:
         raw = folder / "MNIST" / "raw"
-        if all((raw / name).exists() for name in MNIST_FILES):
+        present = [name for name in MNIST_FILES if (raw / name).exists()]
+        if len(present) == len(MNIST_FILES):
             return folder
+        if present:
+            missing = [name for name in MNIST_FILES if name not in present]
+            raise ValueError(f"{raw} holds {len(present)} of MNIST's four files; missing: {', '.join(missing)}. "
+                             "Copy them there, or delete the folder and download MNIST again.")
     return None
 
 
@@ -54,8 +122,18 @@ def load_mnist(split: str = "train", *, root: str | Path | None = None, download
             )
         folder = Path(root) if root is not None else runtime.data_dir()
         folder.mkdir(parents=True, exist_ok=True)
-    dataset = MNIST(str(folder), train=(split == "train"), download=download and find_mnist_root(folder) is None)
-    return dataset.data.unsqueeze(1).clone(), dataset.targets.clone().long()
+        MNIST(str(folder), train=(split == "train"), download=True)  # torchvision checks the downloads' MD5s
+    prefix = "train" if split == "train" else "t10k"
+    raw = folder / "MNIST" / "raw"
+    n_images = verify_mnist_file(raw / f"{prefix}-images-idx3-ubyte")
+    n_labels = verify_mnist_file(raw / f"{prefix}-labels-idx1-ubyte")
+    if n_images != n_labels:
+        raise ValueError(f"{raw} holds {n_images} {split} images but {n_labels} labels: the two files come from "
+                         "different copies; delete both and download again")
+    dataset = MNIST(str(folder), train=(split == "train"))
+    labels = dataset.targets.clone().long()
+    checks.check_labels(f"the labels in {raw / f'{prefix}-labels-idx1-ubyte'}", labels, n_labels, 10)
+    return dataset.data.unsqueeze(1).clone(), labels
 
 
 def load_digits_standin(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,22 +164,40 @@ def load_digits_standin(split: str = "train") -> tuple[torch.Tensor, torch.Tenso
 
 
 def load_mnist_or_standin(split: str = "train", *, download: bool = False, verbose: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """MNIST when it can be found (or downloaded); scikit-learn's digits otherwise, saying so.
+    """MNIST when it can be found (or downloaded); scikit-learn's digits only when MNIST's files are absent, saying so.
+
+    A present but bad MNIST file (truncated, corrupt, one of the four missing) raises the ValueError of
+    load_mnist / find_mnist_root that names it: the stand-in would change every number without a word.
 
     Args:
         split: "train" or "test".
         download: try to download MNIST when it is not found.
-        verbose: print which data is used.
+        verbose: print which data is used (the switch to the stand-in is a warning when verbose is False).
 
     Returns:
         images (N, 1, 28, 28) uint8 and labels (N,) int64.
     """
-    try:
-        images, labels = load_mnist(split, download=download)
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    reason = None
+    if find_mnist_root() is not None:
+        images, labels = load_mnist(split)
+    elif not download:
+        searched = ", ".join(str(p) for p in runtime.data_search_path()) or str(runtime.data_dir())
+        reason = f"MNIST's files are not in {searched} (nor in their MNIST/raw/)"
+    else:
+        try:
+            images, labels = load_mnist(split, download=True)
+        except (RuntimeError, OSError) as error:  # torchvision's failed download, no network
+            reason = f"MNIST could not be downloaded ({error})"
+    if reason is None:
         source = "MNIST"
-    except (FileNotFoundError, RuntimeError) as error:  # RuntimeError: torchvision's failed download
+    else:
+        message = f"kdteach: {reason}; using scikit-learn's 8x8 digits upsampled to 28x28 instead (a stand-in)."
         if verbose:
-            print(f"kdteach: {error}\nkdteach: using scikit-learn's 8x8 digits upsampled to 28x28 instead.")
+            print(message)
+        else:
+            warnings.warn(message, stacklevel=2)
         images, labels = load_digits_standin(split)
         source = "sklearn digits (stand-in)"
     if verbose:
