@@ -199,3 +199,81 @@ def test_group_grid_has_a_row_per_group_and_tolerates_small_groups():
     assert [ax.get_ylabel().split("\n")[0] for ax in rows] == data.group_names
     assert len(fig.axes) == 4 * 6
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Real-data loaders on broken copies: every problem names its file (and row and column)
+# --------------------------------------------------------------------------------------------------------------
+def _rewrite_line(path, line_number, text):
+    lines = path.read_text().splitlines()
+    lines[line_number - 1] = text
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_celeba_images_missing_from_the_partition_list_are_an_error(tmp_path):
+    _celeba_fixture(tmp_path)
+    partition = tmp_path / "celeba" / "list_eval_partition.txt"
+    partition.write_text("".join(line + "\n" for line in partition.read_text().splitlines()[:2]))  # drops 3, 4, 5
+    with pytest.raises(ValueError, match=r"(?s)3 of the 5 images in .*list_attr_celeba.txt are missing from .*list_eval_partition.txt.*000003.jpg"):
+        celeba(tmp_path, "train", image_size=8)
+
+
+def test_celeba_split_without_images_is_an_error(tmp_path):
+    _celeba_fixture(tmp_path)
+    partition = tmp_path / "celeba" / "list_eval_partition.txt"
+    partition.write_text(partition.read_text().replace(" 2\n", " 0\n"))  # nothing left in the test partition
+    with pytest.raises(ValueError, match=r"list_eval_partition.txt puts no image in split 'test' \(partition 2\)"):
+        celeba(tmp_path, "test", image_size=8)
+
+
+@pytest.mark.parametrize("file, line, text, message", [
+    ("list_attr_celeba.txt", 4, "000002.jpg  -1  1 x  1", r"list_attr_celeba.txt, line 4, column 'Male': expected an integer, got 'x'"),
+    ("list_attr_celeba.txt", 5, "000003.jpg  -1  -1", r"list_attr_celeba.txt, line 5: expected an image name and 4 values, got 3 cells"),
+    ("list_attr_celeba.txt", 1, "7", r"list_attr_celeba.txt declares 7 images on line 1 but holds 5 rows"),
+    ("list_eval_partition.txt", 2, "000002.jpg 3", r"list_eval_partition.txt, line 2, column 'partition': expected one of \[0, 1, 2\], got 3"),
+])
+def test_celeba_malformed_rows_name_file_line_and_column(tmp_path, file, line, text, message):
+    _celeba_fixture(tmp_path)
+    _rewrite_line(tmp_path / "celeba" / file, line, text)
+    with pytest.raises(ValueError, match=message):
+        celeba(tmp_path, "train", image_size=8)
+
+
+def test_a_truncated_or_missing_image_names_its_file(tmp_path):
+    _celeba_fixture(tmp_path)
+    image = tmp_path / "celeba" / "img_align_celeba" / "000002.jpg"
+    data = image.read_bytes()
+    image.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"000002.jpg: cannot decode this image .*truncated or corrupt"):
+        celeba(tmp_path, "train", image_size=8)
+    image.write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match=r"000002.jpg: cannot decode this image"):
+        celeba(tmp_path, "train", image_size=8)
+    image.unlink()
+    with pytest.raises(FileNotFoundError, match=r"1 of the 3 images that .*list_attr_celeba.txt lists for this split are missing, e.g. .*000002.jpg"):
+        celeba(tmp_path, "train", image_size=8)
+    assert len(celeba(tmp_path, "val", image_size=8)) == 1  # the other splits still load
+
+
+@pytest.mark.parametrize("line, text, message", [
+    (3, "2,002.Sparrow/bird_2.jpg,zero,0,1,/x/place_2.jpg", r"metadata.csv, line 3, column 'y': expected an integer, got 'zero'"),
+    (4, "3,001.Albatross/bird_3.jpg,1,0,7,/x/place_3.jpg", r"metadata.csv, line 4, column 'place': expected one of \[0, 1\], got 7"),
+    (5, "4,001.Albatross/bird_4.jpg,1,0", r"metadata.csv, line 5: expected 6 comma-separated cells"),
+    (2, "1,,0,0,0,/x/place_1.jpg", r"metadata.csv, line 2, column 'img_filename': empty"),
+    (1, "img_id,img_filename,label,split,place,place_filename", r"metadata.csv lacks the columns \['y'\]"),
+])
+def test_waterbirds_malformed_metadata_names_file_line_and_column(tmp_path, line, text, message):
+    folder = _waterbirds_fixture(tmp_path)
+    _rewrite_line(folder / "metadata.csv", line, text)
+    with pytest.raises(ValueError, match=message):
+        waterbirds(tmp_path, "train", image_size=8)
+
+
+def test_waterbirds_empty_split_and_missing_images_are_errors(tmp_path):
+    folder = _waterbirds_fixture(tmp_path)
+    _rewrite_line(folder / "metadata.csv", 7, "6,002.Sparrow/bird_6.jpg,0,0,0,/x/place_6.jpg")  # the one val row
+    with pytest.raises(ValueError, match=r"metadata.csv lists no image for split 'val' \(split column = 1\)"):
+        waterbirds(tmp_path, "val", image_size=8)
+    (folder / "001.Albatross" / "bird_7.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match=r"(?s)1 of the 2 images that .*metadata.csv lists for this split are missing, e.g. .*bird_7.jpg.*wilds"):
+        waterbirds(tmp_path, "test", image_size=8)

@@ -20,7 +20,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from kdteach import runtime
+from kdteach import checks, runtime
 from kdteach.data.batches import Batches, random_translate
 from kdteach.groups import group_counts as _group_counts
 from kdteach.groups import group_ids
@@ -187,8 +187,8 @@ class GroupedData:
                 raise ValueError(f"{key} has {len(getattr(self, key))} rows, labels has {n}")
         if len(self.group_names) != self.num_groups:
             raise ValueError(f"group_names has {len(self.group_names)} names for num_groups={self.num_groups}")
-        if n and (int(self.groups.min()) < 0 or int(self.groups.max()) >= self.num_groups):
-            raise ValueError(f"groups must be in [0, {self.num_groups})")
+        checks.check_labels("labels", self.labels, n, self.num_classes)
+        checks.check_labels("groups", self.groups, n, self.num_groups)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -256,6 +256,12 @@ class GroupedData:
         counts = self.group_counts()
         total = max(int(counts.sum()), 1)
         return [{"group": g, "name": name, "count": int(c), "share": float(c) / total} for g, (name, c) in enumerate(zip(self.group_names, counts))]
+
+
+def _check_subset_size(n: int, count: int) -> None:
+    checks.check_int("n", n, minimum=1)
+    if n > count:
+        raise ValueError(f"n must be at most {count}, the size of this split, got {n}")
 
 
 def _check_split(split: str) -> int:
@@ -393,12 +399,9 @@ def waterbirds_like(
     """
     _check_split(split)
     n = _WATERBIRDS_SPLIT_SIZES[split] if n is None else n
-    if not isinstance(n, int) or n < 4:
-        raise ValueError(f"n must be an int >= 4, got {n!r}")
-    if not 0.5 <= p_corr <= 1.0:
-        raise ValueError(f"p_corr must be in [0.5, 1], got {p_corr}")
-    if not isinstance(image_size, int) or image_size < 8:
-        raise ValueError(f"image_size must be an int >= 8, got {image_size!r}")
+    checks.check_int("n", n, minimum=4)
+    checks.check_number("p_corr", p_corr, low=0.5, high=1.0)
+    checks.check_int("image_size", image_size, minimum=8)
     settings = {**WATERBIRDS_LIKE_DIFFICULTY, **(difficulty or {})}
     unknown = set(settings) - set(WATERBIRDS_LIKE_DIFFICULTY)
     if unknown:
@@ -493,13 +496,11 @@ def colored_digits(
     _check_split(split)
     if num_classes not in (2, 10):
         raise ValueError(f"num_classes must be 2 or 10, got {num_classes!r}")
-    if not 1.0 / num_classes <= p_corr <= 1.0:
-        raise ValueError(f"p_corr must be in [{1 / num_classes:g}, 1], got {p_corr}")
+    checks.check_number("p_corr", p_corr, low=1.0 / num_classes, high=1.0)
     images, digits, source = _digits_split(split, root)
     generator = _split_generator(seed, split, salt=2)
     if n is not None:
-        if not isinstance(n, int) or not 1 <= n <= len(digits):
-            raise ValueError(f"n must be an int in [1, {len(digits)}] for this split, got {n!r}")
+        _check_subset_size(n, len(digits))
         rows = torch.randperm(len(digits), generator=generator)[:n].sort().values
         images, digits = images[rows], digits[rows]
     labels = (digits >= 5).long() if num_classes == 2 else digits.long()
@@ -569,30 +570,83 @@ def _find_waterbirds(root: str | Path | None) -> Path:
 def _load_images(paths: Sequence[Path], image_size: int, crop_to_square: bool) -> torch.Tensor:
     """Decodes image files to one (N, 3, S, S) uint8 tensor: the evaluation transform of the Waterbirds papers
     (resize to 256/224 of the target, centre crop), or for CelebA a centre square crop then resize."""
-    from PIL import Image
     from torchvision.transforms import functional as TF
     from tqdm.auto import tqdm
 
     out = torch.empty((len(paths), 3, image_size, image_size), dtype=torch.uint8)
     for i, path in enumerate(tqdm(paths, desc="decoding images", disable=len(paths) < 2000)):
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            if crop_to_square:
-                image = TF.center_crop(image, [min(image.size)] * 2)
-                image = TF.resize(image, [image_size, image_size], antialias=True)
-            else:
-                scaled = int(round(image_size * 256 / 224))
-                image = TF.center_crop(TF.resize(image, [scaled, scaled], antialias=True), [image_size, image_size])
-            out[i] = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+        image = _decode_rgb(path)
+        if crop_to_square:
+            image = TF.center_crop(image, [min(image.size)] * 2)
+            image = TF.resize(image, [image_size, image_size], antialias=True)
+        else:
+            scaled = int(round(image_size * 256 / 224))
+            image = TF.center_crop(TF.resize(image, [scaled, scaled], antialias=True), [image_size, image_size])
+        out[i] = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
     return out
+
+
+def _decode_rgb(path: Path) -> "PIL.Image.Image":  # noqa: F821 - PIL is imported lazily
+    """The image at path as an RGB PIL image; a truncated or corrupt file is a ValueError that names it."""
+    from PIL import Image
+
+    # PIL reads the header in open() and the pixels in convert(): a truncated file fails in the second, with a
+    # message that does not say which of thousands of files it was.
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
+        raise ValueError(f"{path}: cannot decode this image ({error}); the file is truncated or corrupt: delete it and "
+                         "extract or download it again") from error
+
+
+def _missing_images(paths: Sequence[Path], listed_in: Path, help_text: str) -> None:
+    absent = [p for p in paths if not p.is_file()]
+    if absent:
+        raise FileNotFoundError(f"{len(absent)} of the {len(paths)} images that {listed_in} lists for this split are "
+                                f"missing, e.g. {absent[0]}. " + help_text)
+
+
+def _int_field(path: Path, line: int, column: str, value: str | None, allowed: Sequence[int] | None = None) -> int:
+    """One integer cell of a metadata file; a malformed one names the file, the line and the column."""
+    try:
+        number = int(value)  # type: ignore[arg-type] - None (a short row) fails here too
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}, line {line}, column {column!r}: expected an integer, got {value!r}") from None
+    if allowed is not None and number not in allowed:
+        raise ValueError(f"{path}, line {line}, column {column!r}: expected one of {list(allowed)}, got {number}")
+    return number
 
 
 def _subsample(count: int, n: int | None, seed: int, split: str) -> np.ndarray:
     if n is None:
         return np.arange(count)
-    if not isinstance(n, int) or not 1 <= n <= count:
-        raise ValueError(f"n must be an int in [1, {count}] for this split, got {n!r}")
+    _check_subset_size(n, count)
     return np.sort(np.random.default_rng([seed, SPLITS.index(split)]).choice(count, size=n, replace=False))
+
+
+def _read_waterbirds_metadata(path: Path) -> list[dict]:
+    """The rows of Waterbirds' metadata.csv as {"img_filename": str, "y", "split", "place": int}, each checked."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"img_filename", "y", "split", "place"} - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path} lacks the columns {sorted(missing)} (its header is {reader.fieldnames})")
+        rows = []
+        for row in reader:
+            line = reader.line_num
+            if None in row or None in row.values():  # more cells than the header names, or fewer
+                raise ValueError(f"{path}, line {line}: expected {len(reader.fieldnames)} comma-separated cells "
+                                 f"({', '.join(reader.fieldnames)}), got a row of another length")
+            if not row["img_filename"].strip():
+                raise ValueError(f"{path}, line {line}, column 'img_filename': empty")
+            rows.append({
+                "img_filename": row["img_filename"],
+                "y": _int_field(path, line, "y", row["y"], (0, 1)),
+                "split": _int_field(path, line, "split", row["split"], (0, 1, 2)),
+                "place": _int_field(path, line, "place", row["place"], (0, 1)),
+            })
+    return rows
 
 
 def waterbirds(root: str | Path | None = None, split: str = "train", *, image_size: int = 224, n: int | None = None, seed: int = 0) -> GroupedData:
@@ -613,19 +667,15 @@ def waterbirds(root: str | Path | None = None, split: str = "train", *, image_si
     """
     index = _check_split(split)
     folder = _find_waterbirds(root)
-    with open(folder / "metadata.csv", newline="") as f:
-        rows = [row for row in csv.DictReader(f)]
-    missing = {"img_filename", "y", "split", "place"} - set(rows[0] if rows else {})
-    if missing:
-        raise ValueError(f"{folder / 'metadata.csv'} lacks the columns {sorted(missing)}")
-    rows = [row for row in rows if int(row["split"]) == index]
+    metadata = folder / "metadata.csv"
+    rows = [row for row in _read_waterbirds_metadata(metadata) if row["split"] == index]
+    if not rows:
+        raise ValueError(f"{metadata} lists no image for split {split!r} (split column = {index})")
     rows = [rows[i] for i in _subsample(len(rows), n, seed, split)]
-    labels = torch.tensor([int(row["y"]) for row in rows], dtype=torch.int64)
-    places = torch.tensor([int(row["place"]) for row in rows], dtype=torch.int64)
+    labels = torch.tensor([row["y"] for row in rows], dtype=torch.int64)
+    places = torch.tensor([row["place"] for row in rows], dtype=torch.int64)
     paths = [folder / row["img_filename"] for row in rows]
-    absent = [p for p in paths if not p.is_file()]
-    if absent:
-        raise FileNotFoundError(f"Waterbirds: {len(absent)} images listed in metadata.csv are missing, e.g. {absent[0]}. " + _WATERBIRDS_HELP.format(data=runtime.data_dir()))
+    _missing_images(paths, metadata, "Waterbirds: " + _WATERBIRDS_HELP.format(data=runtime.data_dir()))
     class_names, attribute_names = ["landbird", "waterbird"], ["on land", "on water"]
     return GroupedData(
         images=_load_images(paths, image_size, crop_to_square=False),
@@ -654,12 +704,34 @@ def _find_celeba(root: str | Path | None) -> Path:
 
 
 def _read_celeba_table(path: Path, header: bool) -> tuple[list[str], list[str], np.ndarray]:
-    # torchvision's format: whitespace-separated; list_attr_celeba.txt starts with a count line and a header line.
+    """A whitespace-separated CelebA list (torchvision's format): image name, then integer columns.
+
+    list_attr_celeba.txt (header=True) starts with a line holding the row count and a line of attribute names;
+    list_eval_partition.txt (header=False) has one "name partition" row per image. A malformed row names the file,
+    the line and the column; fewer rows than the count line declares is a truncated file.
+
+    Returns:
+        (column names, image names, (rows, columns) int64 values).
+    """
     with open(path) as f:
-        lines = [line.split() for line in f if line.strip()]
-    columns = lines[1] if header else []
-    body = lines[2:] if header else lines
-    return columns, [row[0] for row in body], np.array([[int(v) for v in row[1:]] for row in body], dtype=np.int64)
+        lines = [(number, line.split()) for number, line in enumerate(f, start=1) if line.strip()]
+    if header:
+        if len(lines) < 2 or len(lines[0][1]) != 1:
+            raise ValueError(f"{path}: expected a line with the number of images, then a line of attribute names")
+        declared = _int_field(path, lines[0][0], "number of images", lines[0][1][0])
+        columns, body = lines[1][1], lines[2:]
+        if len(body) != declared:
+            raise ValueError(f"{path} declares {declared} images on line {lines[0][0]} but holds {len(body)} rows: "
+                             "the file is truncated or edited; download it again")
+    else:
+        columns, body = ["partition"], lines
+    values = np.empty((len(body), len(columns)), dtype=np.int64)
+    for row, (number, cells) in enumerate(body):
+        if len(cells) != 1 + len(columns):
+            raise ValueError(f"{path}, line {number}: expected an image name and {len(columns)} values, got {len(cells)} cells")
+        for column, (name, cell) in enumerate(zip(columns, cells[1:])):
+            values[row, column] = _int_field(path, number, name, cell, (0, 1, 2) if not header else None)
+    return columns, [cells[0] for _, cells in body], values
 
 
 def celeba(
@@ -696,13 +768,21 @@ def celeba(
     for arg, value in (("target", target), ("attribute", attribute)):
         if value not in columns:
             raise ValueError(f"{arg} must be one of CelebA's attributes {columns}, got {value!r}")
-    _, partition_names, partition = _read_celeba_table(folder / "list_eval_partition.txt", header=False)
+    attribute_file, partition_file = folder / "list_attr_celeba.txt", folder / "list_eval_partition.txt"
+    _, partition_names, partition = _read_celeba_table(partition_file, header=False)
     split_of = dict(zip(partition_names, partition[:, 0]))
-    rows = np.array([i for i, name in enumerate(names) if split_of.get(name) == index], dtype=np.int64)
+    unlisted = [name for name in names if name not in split_of]
+    if unlisted:  # these would silently belong to no split: a mix of two CelebA releases, or a cut file
+        raise ValueError(f"{len(unlisted)} of the {len(names)} images in {attribute_file} are missing from {partition_file} "
+                         f"(e.g. {unlisted[0]}), so they belong to no split: get both files from the same CelebA release")
+    rows = np.array([i for i, name in enumerate(names) if split_of[name] == index], dtype=np.int64)
+    if not len(rows):
+        raise ValueError(f"{partition_file} puts no image in split {split!r} (partition {index})")
     rows = rows[_subsample(len(rows), n, seed, split)]
     labels = torch.from_numpy((values[rows, columns.index(target)] > 0).astype(np.int64))
     spurious = torch.from_numpy((values[rows, columns.index(attribute)] > 0).astype(np.int64))
     paths = [folder / "img_align_celeba" / names[i] for i in rows]
+    _missing_images(paths, attribute_file, "CelebA: " + _CELEBA_HELP.format(data=runtime.data_dir()))
     class_names = [f"not {target}", target]
     attribute_names = [f"not {attribute}", attribute]
     return GroupedData(
