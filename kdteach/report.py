@@ -285,3 +285,79 @@ def paired_differences(rows: Sequence[Mapping[str, Any]], model: str, reference:
     """Per-seed differences model - reference in points (x100), over the seeds where both have a finite value."""
     c = paired_comparison(per_seed(rows, model, metric, key=key), per_seed(rows, reference, metric, key=key))
     return [100 * d for d in c.differences]
+
+
+# Notebook 01 (kdteach.experiments.hinton): tables and sentences. Every result there is one seed: the sentences print
+# the numbers, and where two numbers are compared they say one seed cannot decide (paired_comparison's verdict).
+
+
+def hinton_headline_rows(headline: Any) -> list[dict[str, Any]]:
+    """The headline's table: each model's test errors beside the paper's (of 10,000).
+
+    Args:
+        headline: a hinton.Headline.
+
+    Returns:
+        Three rows: model, architecture, test errors, out of, paper (of 10,000).
+    """
+    h = headline
+    models = (("teacher", "784-1200-1200-10, dropout, max-norm, jitter", h.teacher_errors),
+              ("student alone", "784-800-800-10, hard labels", h.alone_errors),
+              ("distilled student", f"784-800-800-10, T={h.temperature:g}, soft weight {h.soft_weight}", h.distilled_errors))
+    return [{"model": name, "architecture": arch, "test errors": errors, "out of": h.test_size, "paper (of 10,000)": paper}
+            for (name, arch, errors), paper in zip(models, h.paper_errors)]
+
+
+def hinton_sweep_rows(sweep: Any) -> list[dict[str, Any]]:
+    """The temperature sweep as one row per width: "hidden units" and a "T=..." column of test errors per T."""
+    return [{"hidden units": w, **{f"T={t:g}": e for t, e in zip(sweep.temperatures, row)}} for w, row in zip(sweep.widths, sweep.errors)]
+
+
+def hinton_omitted_rows(omitted: Any) -> list[dict[str, Any]]:
+    """The omitted-class table: test errors, and errors on the omitted class, before and after the bias shift."""
+    c = omitted.omitted
+    return [{"": when, "test errors": total, f"errors on {c}s": on_class, f"test {c}s": omitted.test_count}
+            for when, total, on_class in zip(("before", "after"), omitted.errors, omitted.class_errors)]
+
+
+def hinton_headline_sentences(headline: Any) -> list[str]:
+    """The headline in words: the three error counts, and distilled against alone through paired_comparison."""
+    h = headline
+    c = paired_comparison([h.distilled_errors], [h.alone_errors])
+    return [f"Test errors out of {h.test_size}: teacher {h.teacher_errors}, student alone {h.alone_errors}, distilled student "
+            f"{h.distilled_errors} (the paper, out of 10,000: {' / '.join(map(str, h.paper_errors))}).",
+            comparison_sentence(c, what="test errors", ours="distilled student", reference="student alone", scale=1.0, unit=" errors")]
+
+
+def hinton_sweep_sentences(sweep: Any) -> list[str]:
+    """Per width, the temperature with the fewest test errors; one seed, so it says the ranking is not decided."""
+    lines = []
+    for width, row in zip(sweep.widths, sweep.errors):
+        best = min(range(len(row)), key=row.__getitem__)
+        lines.append(f"{width} units per layer: fewest test errors at T={sweep.temperatures[best]:g} ({row[best]} of {sweep.test_size}); "
+                     f"errors from {min(row)} to {max(row)} across T. One seed cannot decide which temperature is best.")
+    return lines
+
+
+def hinton_omitted_sentences(omitted: Any) -> list[str]:
+    """The omitted-class experiment in numbers: the transfer set, the shift, errors before and after it."""
+    o, c = omitted, omitted.omitted
+    return [f"Transfer set: {o.transfer_size} digits without a {c}; bias shift chosen on {o.val_size} validation digits: {o.shift:+g}.",
+            f"Before the shift: {o.errors[0]} test errors, {o.class_errors[0]} of them on the {o.test_count} test {c}s.",
+            f"After the shift: {o.errors[1]} test errors, {o.class_errors[1]} of them on {c}s."]
+
+
+def hinton_regularizer_sentences(curves: Any) -> list[str]:
+    """Hard and soft targets on a few digits: each curve's best test accuracy (and its epoch) and its last."""
+    lines = []
+    for name, values in (("hard", curves.hard), ("soft", curves.soft)):
+        best = max(range(len(values)), key=values.__getitem__)
+        lines.append(f"{name} targets on {curves.n_train} digits: best test accuracy {values[best]:.4f} (epoch {best + 1}), "
+                     f"final {values[-1]:.4f}.")
+    return lines
+
+
+def hinton_sentences(result: Any) -> list[str]:
+    """Every sentence about a hinton.HintonResult, in the notebook's order."""
+    return (hinton_headline_sentences(result.headline) + hinton_sweep_sentences(result.sweep)
+            + hinton_omitted_sentences(result.omitted) + hinton_regularizer_sentences(result.regularizer))

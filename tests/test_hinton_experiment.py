@@ -1,7 +1,12 @@
-"""Notebook 01's experiment helpers: the bias shift tuned on validation data, configurations."""
+"""Notebook 01's experiment: the bias shift tuned on validation data, configurations, the digit splits, the
+train-or-load keys of its students, and its tables and sentences on constructed results."""
+import dataclasses
+
 import pytest
 import torch
 
+from kdteach import report
+from kdteach.data.mnist import DigitSplits, load_digit_splits
 from kdteach.experiments import hinton
 
 
@@ -18,6 +23,84 @@ def test_best_bias_shift_by_hand():
 
 def test_config_modes():
     assert hinton.config("smoke").train_size == 3000 and hinton.config("full").train_size is None
-    assert hinton.config("full").key() != hinton.config("smoke").key()
+    assert hinton.config("smoke") != hinton.config("full")
     with pytest.raises(ValueError, match="mode"):
         hinton.config("fast")
+
+
+def test_digit_splits_are_a_fixed_subset_with_their_source():
+    first = load_digit_splits(200, 100, "cpu", verbose=False)
+    again = load_digit_splits(200, 100, "cpu", verbose=False)
+    assert first.train_x.shape == (200, 1, 28, 28) and first.test_y.shape == (100,)
+    assert torch.equal(first.train_x, again.train_x) and torch.equal(first.test_y, again.test_y)  # same rows every call
+    assert 0.0 <= float(first.train_x.min()) and float(first.train_x.max()) <= 1.0
+    assert first.source in ("MNIST", "sklearn digits stand-in")
+    assert len({int(y) for y in first.train_y}) == 10  # a random subset, not the first digits of one class
+    assert first.batches("test", 64).n == 100
+    with pytest.raises(ValueError, match="split"):
+        first.batches("val", 64)
+
+
+@pytest.fixture
+def tiny(one_thread):
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 1, 28, 28, generator=generator)
+    y = torch.arange(64) % 10
+    cfg = dataclasses.replace(hinton.SMOKE_CONFIG, batch_size=32, student_epochs=2)
+    return cfg, x, y, torch.randn(64, 10, generator=generator)
+
+
+def _checkpoints():
+    from kdteach import runtime
+
+    return set((runtime.cache_dir() / "hinton").glob("*.pt"))
+
+
+def test_a_student_is_trained_once_and_keyed_by_what_decides_it(tiny):
+    cfg, x, y, logits = tiny
+    before = _checkpoints()
+    model, history = hinton.train_student(cfg, x, y, "cpu", teacher_logits=logits, width=8, seed=3, name="key-test", progress=False)
+    written = _checkpoints() - before
+    assert len(written) == 1 and len(history.epochs) == 2
+    again, history_again = hinton.train_student(cfg, x, y, "cpu", teacher_logits=logits, width=8, seed=3, name="key-test", progress=False)
+    assert _checkpoints() - before == written  # reloaded: no new file
+    assert history_again.epochs == history.epochs
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    # Another teacher, temperature or seed decides another model: each gets its own file.
+    hinton.train_student(cfg, x, y, "cpu", teacher_logits=logits + 1, width=8, seed=3, name="key-test", progress=False)
+    hinton.train_student(cfg, x, y, "cpu", teacher_logits=logits, temperature=2.0, width=8, seed=3, name="key-test", progress=False)
+    hinton.train_student(cfg, x, y, "cpu", teacher_logits=logits, width=8, seed=4, name="key-test", progress=False)
+    assert len(_checkpoints() - before) == 4
+
+
+def _headline(alone: int, distilled: int) -> hinton.Headline:
+    return hinton.Headline(test_size=1000, teacher_errors=20, alone_errors=alone, distilled_errors=distilled, temperature=20.0, soft_weight=0.9)
+
+
+def test_headline_table_and_its_one_seed_comparison():
+    rows = report.hinton_headline_rows(_headline(50, 30))
+    assert [r["test errors"] for r in rows] == [20, 50, 30]
+    assert [r["paper (of 10,000)"] for r in rows] == [67, 146, 74] and all(r["out of"] == 1000 for r in rows)
+    # One seed: the comparison rule gives no verdict, however large the difference.
+    assert report.paired_comparison([30], [50]).verdict == "too few seeds"
+    text = " ".join(report.hinton_headline_sentences(_headline(50, 30)))
+    assert "-20" in text and "clearly" not in text
+
+
+def test_sweep_rows_and_best_temperature_per_width():
+    sweep = hinton.TemperatureSweep(test_size=500, widths=(800, 30), temperatures=(1.0, 4.0, 20.0), errors=((40, 35, 36), (90, 60, 75)))
+    assert report.hinton_sweep_rows(sweep) == [{"hidden units": 800, "T=1": 40, "T=4": 35, "T=20": 36},
+                                               {"hidden units": 30, "T=1": 90, "T=4": 60, "T=20": 75}]
+    lines = report.hinton_sweep_sentences(sweep)
+    assert "T=4 (35 of 500)" in lines[0] and "T=4 (60 of 500)" in lines[1]
+
+
+def test_omitted_and_regularizer_sentences_carry_their_numbers():
+    omitted = hinton.OmittedClass(omitted=3, shift=2.5, transfer_size=900, val_size=100, test_size=1000, test_count=101,
+                                  errors=(150, 60), class_errors=(101, 20))
+    rows = report.hinton_omitted_rows(omitted)
+    assert [r["test errors"] for r in rows] == [150, 60] and [r["errors on 3s"] for r in rows] == [101, 20]
+    assert "+2.5" in " ".join(report.hinton_omitted_sentences(omitted))
+    curves = hinton.RegularizerCurves(n_train=90, hard=(0.5, 0.7, 0.6), soft=(0.4, 0.6, 0.8))
+    hard, soft = report.hinton_regularizer_sentences(curves)
+    assert "0.7000 (epoch 2)" in hard and "final 0.6000" in hard and "0.8000 (epoch 3)" in soft
