@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import tempfile
 from pathlib import Path
 
 # command -> (module in kdteach.experiments, what it runs)
@@ -19,6 +20,26 @@ EXPERIMENTS = {
     "exits": ("exits", "notebook 05: a multi-exit network, accuracy and compute per exit"),
     "sets": ("sets", "notebook 06: split conformal vs anytime-valid prediction sets per exit"),
 }
+
+
+def writable_folder(out: Path) -> str | None:
+    """Why out cannot take the run's files (None when it can): it is created if missing, and written to once.
+
+    Args:
+        out: the --out folder.
+
+    Returns:
+        None, or the reason in words.
+    """
+    if out.exists() and not out.is_dir():
+        return f"{out} is a file, not a folder"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):  # permissions, a read-only disk: what a real write would meet
+            pass
+    except OSError as error:
+        return f"{out} cannot be created or written to ({error.strerror or error})"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--dataset", default=None,
                            help="standin, multinli or civilcomments (default: the stand-in in smoke mode, MultiNLI in full mode)")
     args = parser.parse_args(argv)
+    # Checked before anything trains: a full run that dies on its last line, writing the table, loses hours.
+    problem = writable_folder(args.out)
+    if problem:
+        parser.error(f"--out: {problem}; pass a folder you can write to")
     module = importlib.import_module(f"kdteach.experiments.{EXPERIMENTS[args.name][0]}")
     extra = {"dataset": args.dataset} if args.name == "text" else {}
     module.run(mode=args.mode, out=args.out, seed=args.seed, progress=not args.no_progress, **extra)

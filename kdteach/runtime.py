@@ -77,13 +77,22 @@ def cache_dir() -> Path:
 
     Returns:
         KDTEACH_CACHE if set; else the checkout's .cache/ when running from a clone; else ~/.cache/kdteach.
+
+    Raises:
+        ValueError: naming KDTEACH_CACHE when it names a regular file or a folder that cannot be created.
     """
     if os.environ.get("KDTEACH_CACHE"):
         path = Path(os.environ["KDTEACH_CACHE"]).expanduser()
-    elif _in_checkout():
-        path = _CHECKOUT_ROOT / ".cache"
-    else:
-        path = Path.home() / ".cache" / "kdteach"
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"KDTEACH_CACHE names {path}, which is a file, not a folder: set KDTEACH_CACHE to a "
+                             "folder (it is created if missing), or unset it to use the default cache")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"KDTEACH_CACHE names {path}, which cannot be created ({error}): set KDTEACH_CACHE to a "
+                             "folder you can write to") from error
+        return path
+    path = _CHECKOUT_ROOT / ".cache" if _in_checkout() else Path.home() / ".cache" / "kdteach"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
