@@ -3,10 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 NO_BROWSER ?=
-JUPYTER_FLAGS := $(if $(NO_BROWSER),--no-browser,)
+# JupyterLab refuses to start as root (containers, cloud machines) unless told --allow-root.
+JUPYTER_FLAGS := $(if $(NO_BROWSER),--no-browser,) $(if $(filter 0,$(shell id -u)),--allow-root,)
+COURSE_SERVER = $(BIN)/jupyter lab $(JUPYTER_FLAGS) notebooks/
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
-.PHONY: course test unit notebooks venv clean-notebooks reference-outputs
+.PHONY: course course-command test unit notebooks venv clean-notebooks reference-outputs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +26,11 @@ venv: $(VENV)/.dev
 
 ## Set up and open the course in JupyterLab (NO_BROWSER=1 for a remote machine).
 course: $(VENV)/.course
-	$(BIN)/jupyter lab $(JUPYTER_FLAGS) notebooks/
+	$(COURSE_SERVER)
+
+# The server command `make course` runs, printed (tests/test_course_server.py starts it headless).
+course-command:
+	@echo '$(COURSE_SERVER)'
 
 ## Set up, then run the unit tests and every notebook under nbval in smoke mode.
 test: $(VENV)/.dev unit notebooks
