@@ -21,6 +21,7 @@ from torch import nn
 from kdteach import checks
 from kdteach.checks import check_logits  # noqa: F401 - distill.check_logits was public before checks.py held it
 from kdteach.data.batches import Batches
+from kdteach.runtime import amp_dtype
 
 
 def softmax_t(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -139,12 +140,10 @@ def kd_loss(
 
 
 def autocast_context(device: torch.device | str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA devices that support it, fp16 on older CUDA devices, nothing elsewhere."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    """Autocast by the package's precision rule (runtime.amp_dtype): bf16 on GPUs that have it natively, fp16 on
+    older CUDA GPUs, nothing elsewhere."""
+    dtype = amp_dtype(device)
+    return contextlib.nullcontext() if dtype is None else torch.autocast("cuda", dtype=dtype)
 
 
 class FrozenTeacher(nn.Module):

@@ -146,6 +146,25 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
+def amp_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The precision rule: the autocast dtype for device, or None where the package runs in float32.
+
+    bf16 only where the GPU computes it natively (compute capability 8.0 and above: A100, L4, H100, RTX 30xx);
+    fp16 with a gradient scaler on older CUDA GPUs. torch.cuda.is_bf16_supported() is not the test: it is True on
+    a Colab T4 (7.5), which emulates bf16 and runs it several times slower than fp16. CPU and MPS: None.
+
+    Args:
+        device: where the model runs.
+
+    Returns:
+        torch.bfloat16, torch.float16 or None.
+    """
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    return torch.bfloat16 if tuple(torch.cuda.get_device_capability(device)) >= (8, 0) else torch.float16
+
+
 def setup(seed: int = 0, *, verbose: bool = True, run_mode: str | None = None) -> torch.device:
     """The first call of every notebook: seeds everything, picks the device and says what the run uses.
 

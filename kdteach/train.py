@@ -2,21 +2,33 @@
 
 What makes it fast on a GPU, and why:
 - data already on the device (kdteach.data.Batches): no DataLoader, no host-to-device copy per batch;
-- bf16 autocast where supported (fp16 with a gradient scaler otherwise, fp32 on CPU);
+- autocast by runtime.amp_dtype: bf16 on GPUs that have it natively (compute capability 8.0+), fp16 with a
+  gradient scaler on older ones (a Colab T4), float32 on a CPU;
 - channels_last for image models, which cuDNN's convolutions prefer under autocast;
-- no host synchronisation inside the step: the running loss and accuracy are summed on the device and read once
-  per epoch, so the CPU can queue the next steps while the GPU works.
+- no host synchronisation inside the step (train_one_epoch): the running loss and accuracy are summed on the
+  device and read once per epoch, so the CPU can queue the next steps while the GPU works.
 
-What makes it safe: a checkpoint after every epoch, written atomically (a temporary file, then a rename) and
-loaded with weights_only=True; resume=True continues from it and ends with the weights an uninterrupted run has.
+What it promises:
+- Checked inputs. Before the first step, fit() looks at the first rows of train (and val): x's dtype and its
+  shape against the model (one forward of two rows in eval mode), y integer and in range of the model's classes.
+  predict() and evaluate() check their first batch the same way. A mismatch is a ValueError naming the argument
+  ("train['y'] must be in [0, 3) ..."), not a traceback from inside torch.
+- Checkpoints after every epoch, written atomically and loaded with weights_only=True; resume=True continues
+  from one and ends with the weights an uninterrupted run has.
+- A checkpoint carries the signature of the run that wrote it (epochs, training rows, batch size, parameter
+  shapes, optimiser and scheduler with their hyperparameters, loss); resume refuses one that differs, naming the
+  file and the field. A checkpoint that cannot be read is moved to `<name>.corrupt` with a warning and the run
+  starts from scratch; temporary files left by a kill during a write are removed.
+- The NaN rule: after each epoch fit() reads the loss sum and checks that the weights are finite, BEFORE the
+  epoch's checkpoint is written. A blow-up raises FloatingPointError naming the last good checkpoint and its
+  epoch; the exploded weights never replace it.
 """
 from __future__ import annotations
 
 import contextlib
 import math
-import os
-import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -26,8 +38,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from kdteach.checkpoint import (  # noqa: F401 - save_atomic and load_checkpoint were public here first
+    CheckpointError,
+    check_signature,
+    load_checkpoint,
+    remove_stale_temporaries,
+    run_signature,
+    save_atomic,
+    set_aside,
+)
+from kdteach.checks import check_int, check_labels, check_not_empty, check_number
 from kdteach.data.batches import Batch, Batches
 from kdteach.distill import autocast_context
+from kdteach.runtime import amp_dtype
 
 LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
 
@@ -64,29 +87,19 @@ class History:
         return self.epochs[-1] if self.epochs else {}
 
 
-def save_atomic(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+@dataclass
+class _RunState:
+    # What fit() carries from epoch to epoch, and what a checkpoint restores.
+    history: History
+    best_score: float = -math.inf
+    best_state: dict[str, torch.Tensor] | None = None
+    next_epoch: int = 0
+    saved_epoch: int | None = None  # the epoch of the checkpoint this run wrote or resumed from last
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Loads a checkpoint with weights_only=True (tensors and plain containers only, no pickled code)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
+    """The gradient scaler fit() uses: enabled exactly when the precision rule picks fp16 (runtime.amp_dtype)."""
+    return torch.amp.GradScaler("cuda", enabled=amp and amp_dtype(device) == torch.float16)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -113,17 +126,263 @@ def _final_logits(outputs: torch.Tensor) -> torch.Tensor:
     return outputs[-1] if outputs.dim() == 3 else outputs
 
 
-def _check_labels_once(outputs: torch.Tensor, batches: Batches) -> None:
-    # One look at the whole label tensor before training (not every step): a clear error instead of a CUDA assert.
-    if "y" not in batches.tensors:
-        return
+def _check_batches(batches: Any, name: str) -> None:
+    # What can be said without the model: a Batches with rows, an "x", and integer labels if it has "y".
+    if not isinstance(batches, Batches):
+        raise ValueError(f"{name} must be kdteach.data.Batches, got {type(batches).__name__}")
+    if "x" not in batches.tensors:
+        raise ValueError(f"{name} has no 'x' tensor (it holds {sorted(batches.tensors)})")
+    check_not_empty(name, batches.tensors["x"])
+    if "y" in batches.tensors:  # fit() and evaluate() read "y" as class indices
+        check_labels(f"{name}['y']", batches.tensors["y"], batches.n, None)
+
+
+def _forward_checked(model: nn.Module, x: torch.Tensor, name: str) -> torch.Tensor:
+    """model(x) for the first batch of name: a dtype or shape the model does not take becomes a ValueError."""
+    try:
+        return model(x)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if not x.is_floating_point() and not any(isinstance(m, nn.Embedding) for m in model.modules()):
+            raise ValueError(
+                f"{name}['x'] holds {x.dtype}, but the model has no embedding layer and needs floating-point inputs "
+                f"(for uint8 images pass Batches(transform=...) that converts them); torch said \"{reason}\""
+            ) from error
+        raise ValueError(
+            f"{name}['x'] does not fit the model: rows of shape {tuple(x.shape[1:])} ({x.dtype}) gave \"{reason}\"; "
+            "check the data against the model's input size"
+        ) from error
+
+
+def _check_label_range(name: str, batches: Batches, outputs: torch.Tensor) -> None:
+    # One look at the whole label tensor (min and max: one wait for a GPU, once per call, never per step).
     logits = _final_logits(outputs)
-    if logits.dim() != 2:
+    if "y" in batches.tensors and logits.dim() == 2:
+        check_labels(f"{name}['y']", batches.tensors["y"], batches.n, logits.shape[1], check_values=True)
+
+
+@torch.no_grad()
+def check_first_batch(model: nn.Module, batches: Batches, name: str, *, device: torch.device, amp: bool = True) -> None:
+    """Checks batches against model before training, naming the argument in every error.
+
+    One forward of the first two rows in eval mode: no dropout draw, no BatchNorm update and no shuffling, so the
+    check leaves the random streams and the model exactly as they were (resume stays bitwise equal).
+
+    Args:
+        model: the network, already on device.
+        batches: the Batches fit() will train or validate on.
+        name: the argument's name for messages ("train", "val").
+        device: where model runs.
+        amp: autocast as training will.
+
+    Raises:
+        ValueError: no rows; no "x"; x of a dtype or shape the model does not take; "y" not integer or out of
+            range of the model's outputs.
+    """
+    _check_batches(batches, name)
+    x = batches.tensors["x"][:2]
+    x = (batches.transform(x) if batches.transform is not None else x).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with autocast_context(device) if amp else contextlib.nullcontext():
+            outputs = _forward_checked(model, x, name)
+    finally:
+        model.train(was_training)
+    _check_label_range(name, batches, outputs)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    batches: Batches,
+    *,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: LossFn,
+    scheduler: Any | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    step_model: nn.Module | None = None,
+    amp: bool = False,
+    channels_last: bool = False,
+    max_grad_norm: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One pass over batches: forward, loss, backward, clip, optimiser and scheduler step, constraints.
+
+    Nothing here reads a value back from the GPU (no float(loss), no .item(), no check of a tensor's values): the
+    CPU only queues kernels and runs ahead of the GPU, which is what keeps small models fast. The loss and the
+    correct count are summed into device tensors; the caller reads them once per epoch. A NaN or inf in any step
+    stays in the loss sum, so that one read also tells whether the epoch stayed finite. (In fp16 mode GradScaler
+    itself reads its overflow flag at each step; bf16 and float32 have no scaler.)
+
+    Args:
+        model: the network (gradients are clipped over its parameters; apply_constraints() runs after each step).
+        batches: the epoch's batches (set_epoch already called).
+        optimizer: the optimiser.
+        loss_fn: (outputs, batch) -> scalar loss.
+        scheduler: stepped after every optimiser step, if given.
+        scaler: the gradient scaler (grad_scaler()); None: a disabled one.
+        step_model: what runs the forward (model wrapped in torch.compile); None: model.
+        amp: autocast by the precision rule.
+        channels_last: 4-D inputs in channels_last memory format.
+        max_grad_norm: clip the gradients' total norm to this (None: no clipping).
+
+    Returns:
+        (loss summed over rows, correct predictions, rows), the sums as device tensors.
+    """
+    device = next(model.parameters()).device
+    scaler = scaler if scaler is not None else torch.amp.GradScaler("cuda", enabled=False)
+    step_model = step_model if step_model is not None else model
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    for batch in batches:
+        x = batch["x"]
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_context(device) if amp else contextlib.nullcontext():
+            outputs = step_model(x)
+            loss = loss_fn(outputs, batch)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if max_grad_norm is not None:
+            scaler.unscale_(optimizer)
+            # The norm and the clipping factor stay on the device: clip_grad_norm_ returns a tensor we never read.
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        if scheduler is not None:
+            scheduler.step()
+        if hasattr(model, "apply_constraints"):
+            model.apply_constraints()
+        n = len(batch["index"])  # a shape, known on the host
+        seen += n
+        loss_sum += loss.detach().float() * n
+        if "y" in batch:
+            logits = _final_logits(outputs.detach())
+            if logits.dim() == 2:
+                correct += (logits.argmax(dim=1) == batch["y"]).sum()
+    return loss_sum, correct, seen
+
+
+def _weights_finite(model: nn.Module) -> bool:
+    # Every floating tensor of the state (parameters and buffers such as BatchNorm's statistics), reduced on the
+    # device and read once: a last step that exploded leaves finite losses but NaN weights.
+    flags = [torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def check_epoch_finite(train_loss: float, model: nn.Module, epoch: int, good_checkpoint: Path | None, good_epoch: int | None) -> None:
+    """Raises FloatingPointError when an epoch's loss or the weights after it are not finite.
+
+    Called before the epoch's checkpoint is written, so the file on disk still holds the last good epoch.
+
+    Args:
+        train_loss: the epoch's mean training loss (already read from the device).
+        model: the model after the epoch.
+        epoch: the epoch (0-based).
+        good_checkpoint: the checkpoint this run last wrote or resumed from, or None.
+        good_epoch: its epoch (0-based), or None.
+    """
+    if math.isfinite(train_loss):
+        if _weights_finite(model):
+            return
+        what = f"the weights became NaN or infinite in epoch {epoch + 1} (its losses were finite: a late step exploded)"
+    else:
+        what = f"the training loss became {train_loss} in epoch {epoch + 1}"
+    where = ""
+    if good_checkpoint is not None and good_epoch is not None:
+        where = f"; the last good checkpoint is {good_checkpoint}, written after epoch {good_epoch + 1}, and it was kept"
+    raise FloatingPointError(f"fit: {what}. Lower the learning rate, check the inputs for NaN, or check the loss function{where}.")
+
+
+def save_checkpoint(
+    path: Path, run: _RunState, signature: dict[str, Any], *, epoch: int, model: nn.Module,
+    optimizer: torch.optim.Optimizer, scheduler: Any | None, scaler: torch.amp.GradScaler, stateful: list[Any],
+) -> None:
+    """Writes everything a resumed run needs to continue exactly where this one stands after epoch (atomically)."""
+    save_atomic(
+        {
+            "signature": signature,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": scaler.state_dict(),
+            "stateful": [obj.state_dict() for obj in stateful],
+            "rng": _rng_state(),
+            "epoch": epoch,
+            "history": run.history.epochs,
+            "best_epoch": run.history.best_epoch,
+            "best_score": run.best_score,
+            "best_state": run.best_state,
+        },
+        path,
+    )
+    run.saved_epoch = epoch
+
+
+def restore_checkpoint(
+    path: Path, signature: dict[str, Any], *, model: nn.Module, optimizer: torch.optim.Optimizer,
+    scheduler: Any | None, scaler: torch.amp.GradScaler, stateful: list[Any], device: torch.device, select: str | None,
+) -> _RunState | None:
+    """Loads a checkpoint written by this same run into the training objects.
+
+    Returns:
+        The run's state, or None when there is nothing to resume: no file, or an unreadable one, which is moved
+        to `<name>.corrupt` with a warning.
+
+    Raises:
+        ValueError: the checkpoint was written by a different run (check_signature names the field).
+    """
+    if not path.exists():
+        return None
+    try:
+        state = load_checkpoint(path, map_location=device)
+    except CheckpointError as error:
+        corrupt = set_aside(path)
+        warnings.warn(f"fit: moved the unreadable checkpoint {path} to {corrupt} and trains from scratch ({error})", stacklevel=3)
+        return None
+    check_signature(path, state.get("signature"), signature)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    scaler.load_state_dict(state["scaler"])
+    for obj, obj_state in zip(stateful, state.get("stateful", [])):
+        obj.load_state_dict(obj_state)
+    _set_rng_state(state["rng"])
+    history = History(epochs=list(state["history"]), best_epoch=state["best_epoch"], selected_by=select)
+    return _RunState(history, state["best_score"], state.get("best_state"), next_epoch=state["epoch"] + 1, saved_epoch=state["epoch"])
+
+
+def _keep_if_best(run: _RunState, row: dict[str, float], select: str | None, model: nn.Module, epoch: int) -> None:
+    if select is None:
+        run.history.best_epoch = epoch
         return
-    y = batches.tensors["y"]
-    low, high = int(y.min()), int(y.max())
-    if low < 0 or high >= logits.shape[1]:
-        raise ValueError(f"labels (batches 'y') must be in [0, {logits.shape[1]}) for this model, got values in [{low}, {high}]")
+    if select not in row:
+        raise KeyError(f"select={select!r} is not among the recorded metrics {sorted(row)}")
+    if row[select] > run.best_score:
+        run.best_score, run.history.best_epoch = row[select], epoch
+        run.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _check_fit_arguments(model: nn.Module, train: Batches, epochs: Any, optimizer: Any, loss_fn: Any,
+                         max_grad_norm: Any, checkpoint: Any, resume: bool) -> None:
+    check_int("epochs", epochs, minimum=1)
+    if max_grad_norm is not None:
+        check_number("max_grad_norm", max_grad_norm, low=0.0, low_open=True)
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs a checkpoint path")
+    if not callable(loss_fn):
+        raise ValueError(f"loss_fn must be callable (outputs, batch) -> loss, got {type(loss_fn).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    own = {id(p) for p in model.parameters()}
+    if not any(id(p) in own for group in optimizer.param_groups for p in group["params"]):
+        raise ValueError("optimizer holds none of model's parameters (was it built for another model?)")
+    _check_batches(train, "train")
+    if len(train) == 0:
+        raise ValueError("train has no batches (drop_last with fewer rows than batch_size?)")
 
 
 def fit(
@@ -152,8 +411,8 @@ def fit(
 
     Args:
         model: the network; moved to device. If it has apply_constraints() (max-norm), that runs after each step.
-        train: training Batches (moved to device once if elsewhere).
-        epochs: total number of epochs (with resume, the run continues until this many are done).
+        train: training Batches (moved to device once if elsewhere); its first rows are checked against model.
+        epochs: total number of epochs, an int >= 1 (with resume, the run continues until this many are done).
         optimizer: an optimiser over model's parameters.
         loss_fn: (outputs, batch) -> scalar loss; batch holds "x", "y", "index" and any other tensors of train.
         scheduler: optional LR scheduler, stepped after every optimiser step.
@@ -163,27 +422,27 @@ def fit(
         on_epoch_end: optional (epoch, model) -> dict|None, called after each epoch before metrics (e.g. to retrain
             an early readout and recompute instance weights); a returned dict is added to the row.
         device: where to train; None uses the model's device.
-        amp: autocast on CUDA (bf16 where supported, else fp16 with a gradient scaler); ignored on CPU.
+        amp: autocast on CUDA by runtime.amp_dtype (bf16 on compute capability 8.0+, else fp16 with a gradient
+            scaler); ignored on CPU.
         channels_last: use the channels_last memory format for 4-D inputs and the model.
         compile: wrap the model in torch.compile for the training steps.
         max_grad_norm: clip the gradients' total norm to this before each step (None: no clipping; BERT's
             fine-tuning recipe uses 1.0).
         checkpoint: file to write after every epoch (atomically); None disables checkpoints.
-        resume: continue from checkpoint if it exists (a finished run returns at once with its history).
-        progress: show tqdm progress bars.
+        resume: continue from checkpoint if it exists and was written by this same run (same signature; a
+            different run is a ValueError naming the field). A finished run returns at once with its history; an
+            unreadable file is moved to `<name>.corrupt` and the run starts from scratch.
+        progress: show one tqdm progress bar over the epochs.
         desc: label of the progress bar.
 
     Returns:
         The History of the run.
+
+    Raises:
+        ValueError: a bad argument, data that do not fit the model, or a checkpoint of a different run.
+        FloatingPointError: the loss or the weights became NaN or infinite (the last good checkpoint is kept).
     """
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    if resume and checkpoint is None:
-        raise ValueError("resume=True needs a checkpoint path")
-    if max_grad_norm is not None and not max_grad_norm > 0:
-        raise ValueError(f"max_grad_norm must be > 0 or None, got {max_grad_norm!r}")
-    if len(train) == 0:
-        raise ValueError("train has no batches (is the dataset empty, or drop_last with too few rows?)")
+    _check_fit_arguments(model, train, epochs, optimizer, loss_fn, max_grad_norm, checkpoint, resume)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
     if channels_last:
@@ -192,76 +451,40 @@ def fit(
         train.to(device)
     if val is not None and val.device != device:
         val.to(device)
+    check_first_batch(model, train, "train", device=device, amp=amp)
+    if val is not None:
+        check_first_batch(model, val, "val", device=device, amp=amp)
 
     use_amp = amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and not torch.cuda.is_bf16_supported())
+    scaler = grad_scaler(device, use_amp)
     step_model = torch.compile(model) if compile else model
     stateful = _stateful(loss_fn, on_epoch_end)
-    history = History(selected_by=select)
-    best_score, best_state = -math.inf, None
-    start_epoch = 0
+    # Taken before anything is loaded or stepped, so a first run and its resumed rerun compute the same signature.
+    signature = run_signature(
+        epochs=epochs, model=model, rows=train.n, optimizer=optimizer, scheduler=scheduler, loss_fn=loss_fn,
+        settings={"train.batch_size": train.batch_size, "train.drop_last": train.drop_last, "train.shuffle": train.shuffle,
+                  "train.seed": train.seed, "select": select, "max_grad_norm": max_grad_norm},
+        on_epoch_end=on_epoch_end,
+    )
+    run = _RunState(History(selected_by=select))
+    path = Path(checkpoint) if checkpoint is not None else None
+    if path is not None:
+        remove_stale_temporaries(path)
+        if resume:
+            training = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, stateful=stateful)
+            run = restore_checkpoint(path, signature, device=device, select=select, **training) or run
 
-    if resume and checkpoint is not None and Path(checkpoint).exists():
-        state = load_checkpoint(checkpoint, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler") is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        for obj, obj_state in zip(stateful, state.get("stateful", [])):
-            obj.load_state_dict(obj_state)
-        _set_rng_state(state["rng"])
-        history = History(epochs=list(state["history"]), best_epoch=state["best_epoch"], selected_by=select)
-        best_score = state["best_score"]
-        best_state = state.get("best_state")
-        start_epoch = state["epoch"] + 1
-
-    checked_labels = False
-    epoch_bar = tqdm(range(start_epoch, epochs), desc=desc, disable=not progress, initial=start_epoch, total=epochs)
+    epoch_bar = tqdm(range(run.next_epoch, epochs), desc=desc, disable=not progress, initial=run.next_epoch, total=epochs)
     for epoch in epoch_bar:
         started = time.perf_counter()
         model.train()
         train.set_epoch(epoch)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        seen = 0
-        for batch in tqdm(train, desc=f"epoch {epoch + 1}", leave=False, disable=not progress):
-            x = batch["x"]
-            if channels_last and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast_context(device) if use_amp else contextlib.nullcontext():
-                outputs = step_model(x)
-                if not checked_labels:
-                    _check_labels_once(outputs, train)
-                    checked_labels = True
-                loss = loss_fn(outputs, batch)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if max_grad_norm is not None:
-                scaler.unscale_(optimizer)
-                # No host sync: the norm and the clipping factor stay on the device.
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            if scheduler is not None:
-                scheduler.step()
-            if hasattr(model, "apply_constraints"):
-                model.apply_constraints()
-            n = len(batch["index"])
-            seen += n
-            loss_sum += loss.detach().float() * n
-            if "y" in batch:
-                logits = _final_logits(outputs.detach())
-                if logits.dim() == 2:
-                    correct += (logits.argmax(dim=1) == batch["y"]).sum()
-
-        row: dict[str, float] = {"epoch": float(epoch), "train_loss": float(loss_sum) / seen}
-        if not math.isfinite(row["train_loss"]):
-            where = f"; the last good checkpoint is {checkpoint}" if checkpoint and Path(checkpoint).exists() else ""
-            raise FloatingPointError(
-                f"fit: the training loss became {row['train_loss']} in epoch {epoch + 1}. Lower the learning rate, "
-                f"check the inputs for NaN, or check the loss function{where}."
-            )
+        loss_sum, correct, seen = train_one_epoch(
+            model, train, optimizer=optimizer, loss_fn=loss_fn, scheduler=scheduler, scaler=scaler, step_model=step_model,
+            amp=use_amp, channels_last=channels_last, max_grad_norm=max_grad_norm,
+        )
+        row: dict[str, float] = {"epoch": float(epoch), "train_loss": float(loss_sum) / seen}  # the epoch's one read
+        check_epoch_finite(row["train_loss"], model, epoch, path if run.saved_epoch is not None else None, run.saved_epoch)
         if "y" in train.tensors:
             row["train_acc"] = float(correct) / seen
         if on_epoch_end is not None:
@@ -272,39 +495,16 @@ def fit(
         if metrics is not None:
             row.update(metrics(model))
         row["seconds"] = time.perf_counter() - started
-        history.epochs.append(row)
-
-        if select is not None:
-            if select not in row:
-                raise KeyError(f"select={select!r} is not among the recorded metrics {sorted(row)}")
-            if row[select] > best_score:
-                best_score, history.best_epoch = row[select], epoch
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            history.best_epoch = epoch
+        run.history.epochs.append(row)
+        _keep_if_best(run, row, select, model, epoch)
         epoch_bar.set_postfix({k: round(v, 4) for k, v in row.items() if k in ("train_loss", "train_acc", "val_acc")})
+        if path is not None:
+            save_checkpoint(path, run, signature, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
+                            scaler=scaler, stateful=stateful)
 
-        if checkpoint is not None:
-            save_atomic(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "scaler": scaler.state_dict(),
-                    "stateful": [obj.state_dict() for obj in stateful],
-                    "rng": _rng_state(),
-                    "epoch": epoch,
-                    "history": history.epochs,
-                    "best_epoch": history.best_epoch,
-                    "best_score": best_score,
-                    "best_state": best_state,
-                },
-                checkpoint,
-            )
-
-    if select is not None and best_state is not None:
-        model.load_state_dict(best_state)
-    return history
+    if select is not None and run.best_state is not None:
+        model.load_state_dict(run.best_state)
+    return run.history
 
 
 @torch.no_grad()
@@ -313,23 +513,28 @@ def predict(model: nn.Module, batches: Batches, *, device: torch.device | str | 
 
     Args:
         model: the network.
-        batches: Batches (shuffling is ignored: rows come back in dataset order).
+        batches: Batches with rows and an "x" (shuffling is ignored: rows come back in dataset order); a first
+            batch the model does not take is a ValueError naming `batches`.
         device: where to run; None uses the model's device.
         amp: autocast on CUDA.
 
     Returns:
         float32 outputs: (N, C) for a classifier, (exits, N, C) for a multi-exit model.
     """
+    _check_batches(batches, "batches")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     ordered = Batches(batches.tensors, batches.batch_size, shuffle=False, transform=batches.transform)
     outputs = []
-    for batch in ordered:
-        x = batch["x"].to(device)
-        with autocast_context(device) if amp else contextlib.nullcontext():
-            outputs.append(model(x).float())
-    model.train(was_training)
+    try:
+        for batch in ordered:
+            x = batch["x"].to(device)
+            with autocast_context(device) if amp else contextlib.nullcontext():
+                out = model(x) if outputs else _forward_checked(model, x, "batches")
+            outputs.append(out.float())
+    finally:
+        model.train(was_training)
     return torch.cat(outputs, dim=1 if outputs[0].dim() == 3 else 0)
 
 
@@ -339,16 +544,18 @@ def evaluate(model: nn.Module, batches: Batches, *, device: torch.device | str |
 
     Args:
         model: a classifier.
-        batches: Batches with "x" and "y".
+        batches: Batches with "x" and integer "y" in range of the model's classes, at least one row.
         device: where to run; None uses the model's device.
         amp: autocast on CUDA.
 
     Returns:
         {"accuracy", "errors", "n", "loss"}.
     """
-    if "y" not in batches.tensors:
+    if isinstance(batches, Batches) and "y" not in batches.tensors:
         raise ValueError("evaluate needs labelled batches (a 'y' tensor)")
-    logits = _final_logits(predict(model, batches, device=device, amp=amp))
+    outputs = predict(model, batches, device=device, amp=amp)
+    _check_label_range("batches", batches, outputs)
+    logits = _final_logits(outputs)
     y = batches.tensors["y"].to(logits.device)
     errors = int((logits.argmax(dim=1) != y).sum())
     return {

@@ -1,4 +1,5 @@
 """fit(): resume equals an uninterrupted run, atomic checkpoints, clear errors, model selection."""
+import contextlib
 import math
 
 import pytest
@@ -86,7 +87,7 @@ def test_nan_loss_raises_a_clear_error():
 def test_labels_out_of_range_raise_value_error():
     x, y = toy_data()
     model = make_model()
-    with pytest.raises(ValueError, match=r"labels .* must be in \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"train\[.y.\] must be in \[0, 3\)"):
         fit(model, kd.data.Batches({"x": x, "y": y + 1}, 32), epochs=1, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
             progress=False)
 
@@ -151,3 +152,104 @@ def test_gpu_amp_channels_last_fit_runs():
     history = fit(model, kd.data.Batches({"x": x, "y": y}, 64, shuffle=True).to("cuda"), epochs=3, device="cuda",
                   optimizer=torch.optim.SGD(model.parameters(), lr=0.1), channels_last=True, progress=False)
     assert math.isfinite(history.last["train_loss"])
+
+
+def small_fit(x, y, **kwargs):
+    torch.manual_seed(0)
+    model = kwargs.pop("model", None) or kd.models.MLP((36, 8, 3))
+    optimizer = kwargs.pop("optimizer", None) or torch.optim.SGD(model.parameters(), lr=0.1)
+    kwargs.setdefault("progress", False)
+    return fit(model, kd.data.Batches({"x": x, "y": y}, 32), epochs=kwargs.pop("epochs", 1), optimizer=optimizer, **kwargs)
+
+
+@pytest.mark.usefixtures("one_thread")
+class TestFirstBatchChecks:
+    def test_x_of_the_wrong_trailing_shape_names_train_and_the_shape(self):
+        x, y = toy_data()
+        with pytest.raises(ValueError, match=r"train\['x'\] does not fit the model: rows of shape \(1, 5, 5\)"):
+            small_fit(x[:, :, :5, :5], y)
+
+    def test_integer_x_without_an_embedding_layer(self):
+        x, y = toy_data()
+        with pytest.raises(ValueError, match=r"train\['x'\] holds torch.uint8.*no embedding layer"):
+            small_fit((x * 50).clamp(0, 255).to(torch.uint8), y)
+
+    def test_float_and_bool_labels(self):
+        x, y = toy_data()
+        with pytest.raises(ValueError, match=r"train\['y'\] must hold integer class indices, got torch.float32"):
+            small_fit(x, y.float())
+        with pytest.raises(ValueError, match=r"train\['y'\] must hold integer class indices, got torch.bool"):
+            small_fit(x, y > 0)
+
+    def test_val_is_checked_before_the_first_epoch(self):
+        x, y = toy_data()
+        calls = []
+        val = kd.data.Batches({"x": x, "y": y + 5}, 32)
+        with pytest.raises(ValueError, match=r"val\['y'\] must be in \[0, 3\), got values in \[5, 7\]"):
+            small_fit(x, y, val=val, on_epoch_end=lambda epoch, model: calls.append(epoch))
+        assert calls == []  # refused before any training
+
+    def test_integers_given_as_floats(self):
+        x, y = toy_data()
+        with pytest.raises(ValueError, match=r"epochs must be an integer, got 2.5"):
+            small_fit(x, y, epochs=2.5)
+        with pytest.raises(ValueError, match=r"batch_size must be an integer, got 2.5"):
+            kd.data.Batches({"x": x, "y": y}, 2.5)
+        with pytest.raises(ValueError, match=r"max_grad_norm must be a finite number, got nan"):
+            small_fit(x, y, max_grad_norm=float("nan"))
+
+    def test_an_optimizer_over_another_model(self):
+        x, y = toy_data()
+        other = kd.models.MLP((36, 8, 3))
+        with pytest.raises(ValueError, match="optimizer holds none of model's parameters"):
+            small_fit(x, y, optimizer=torch.optim.SGD(other.parameters(), lr=0.1))
+
+    def test_the_check_leaves_random_streams_and_mode_alone(self):
+        x, y = toy_data()
+        model = make_model()  # dropout 0.3: a train-mode forward would draw from the RNG
+        model.train()
+        rng = torch.get_rng_state()
+        kd.train.check_first_batch(model, kd.data.Batches({"x": x, "y": y}, 16), "train", device=torch.device("cpu"))
+        assert torch.equal(rng, torch.get_rng_state()) and model.training
+
+    def test_evaluate_and_predict(self):
+        x, y = toy_data()
+        model = make_model()
+        with pytest.raises(ValueError, match=r"batches is empty \(0 rows\)"):
+            kd.train.evaluate(model, kd.data.Batches({"x": x[:0], "y": y[:0]}, 8))
+        with pytest.raises(ValueError, match=r"batches\['y'\] must be in \[0, 3\), got values in \[0, 9\]"):
+            kd.train.evaluate(model, kd.data.Batches({"x": x, "y": torch.where(y == 2, 9, y)}, 8))
+        with pytest.raises(ValueError, match=r"batches\['y'\] must hold integer"):
+            kd.train.evaluate(model, kd.data.Batches({"x": x, "y": y.float()}, 8))
+        with pytest.raises(ValueError, match=r"batches\['x'\] does not fit the model: rows of shape \(35,\)"):
+            kd.train.predict(model, kd.data.Batches({"x": x.flatten(1)[:, :35]}, 8))
+
+
+def test_one_progress_bar_per_run(capsys):
+    # Issue 14: a saved notebook must not carry one "epoch k" stub per epoch; the epoch bar is the only bar.
+    x, y = toy_data()
+    small_fit(x, y, epochs=3, progress=True, desc="tiny run")
+    err = capsys.readouterr().err
+    assert "tiny run" in err and "3/3" in err
+    assert "epoch 1" not in err and "epoch 2" not in err
+
+
+@pytest.mark.parametrize("capability, dtype, scaled", [((7, 5), torch.float16, True),   # T4: bf16 only emulated
+                                                       ((8, 0), torch.bfloat16, False),  # A100
+                                                       ((9, 0), torch.bfloat16, False)])  # H100
+def test_precision_rule_follows_the_compute_capability(monkeypatch, capability, dtype, scaled):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)  # what a T4 reports too
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert kd.runtime.amp_dtype("cuda") == dtype
+    assert kd.runtime.amp_dtype(torch.device("cuda", 0)) == dtype
+    assert kd.runtime.amp_dtype("cpu") is None
+    assert kd.train.grad_scaler(torch.device("cuda"), amp=True).is_enabled() is scaled
+    assert not kd.train.grad_scaler(torch.device("cuda"), amp=False).is_enabled()
+    assert kd.distill.autocast_context("cuda").fast_dtype == dtype
+
+
+def test_no_autocast_and_no_scaler_on_a_cpu():
+    assert kd.runtime.amp_dtype("cpu") is None and kd.runtime.amp_dtype("mps") is None
+    assert not kd.train.grad_scaler(torch.device("cpu"), amp=True).is_enabled()
+    assert isinstance(kd.distill.autocast_context("cpu"), contextlib.nullcontext)

@@ -11,6 +11,8 @@ from typing import Callable, Iterator, Mapping
 
 import torch
 
+from kdteach.checks import check_int
+
 Batch = dict[str, torch.Tensor]
 
 
@@ -77,8 +79,7 @@ class Batches:
             raise ValueError(f"tensors must all have the same length, got {lengths}")
         if "index" in tensors:
             raise ValueError("'index' is added by Batches and cannot be one of the tensors")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = check_int("batch_size", batch_size, minimum=1)
         self.tensors = dict(tensors)
         self.n = next(iter(lengths.values()))
         self.batch_size = batch_size

@@ -1,0 +1,224 @@
+"""Checkpoint files: written atomically, loaded safely, and tied to the run that wrote them.
+
+- `save_atomic` writes to a temporary file in the same folder, then renames it over the old file: a kill during
+  the write leaves the previous checkpoint intact (and a stale `<name>XXXXXXXX.tmp`, which
+  `remove_stale_temporaries` deletes when a run with that checkpoint starts again).
+- `load_checkpoint` loads with weights_only=True (tensors and plain containers, no pickled code); a truncated or
+  corrupt file raises CheckpointError naming the file and what to do, never torch's zip message alone.
+- `run_signature` describes what decides a run (epochs, data rows, parameter shapes, optimiser, scheduler, loss);
+  fit() stores it in every checkpoint and `check_signature` refuses to resume a run that differs in any field.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Collection
+
+import torch
+from torch import nn
+
+# mkstemp's random part: 8 characters from this alphabet (tempfile._RandomNameSequence).
+_TEMPORARY_NAME = r"[a-z0-9_]{8}\.tmp"
+# param_group entries that choose an implementation, not the arithmetic of the run.
+_IMPLEMENTATION_FLAGS = {"params", "foreach", "fused", "differentiable", "capturable"}
+_ABSENT = "<absent>"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read (truncated, corrupt, not a torch file)."""
+
+
+def save_atomic(obj: Any, path: str | Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a file.
+
+    Args:
+        obj: what to save (tensors and plain containers, so that it loads with weights_only=True).
+        path: the destination; its folder is created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Loads a checkpoint with weights_only=True (tensors and plain containers only, no pickled code).
+
+    Args:
+        path: the checkpoint file.
+        map_location: where to put its tensors.
+
+    Returns:
+        The saved dict.
+
+    Raises:
+        FileNotFoundError: no file at path.
+        CheckpointError: the file is truncated, corrupt or not a checkpoint (the message names it).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file; pass the path of a .pt file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except PermissionError:
+        raise
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({reason}): it is truncated or corrupt, e.g. written by a run that "
+            "was killed before atomic saves. Delete it to train from scratch (fit(resume=True) sets it aside by itself)."
+        ) from error
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint dict; delete it or pass another path")
+    return state
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Deletes the temporary files save_atomic left beside path when a run was killed during a write.
+
+    Only names save_atomic makes are touched: `<name>` + 8 random characters + `.tmp`, in path's folder.
+
+    Args:
+        path: the checkpoint path.
+
+    Returns:
+        The files removed.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = re.compile(re.escape(path.name) + _TEMPORARY_NAME)
+    removed = []
+    for candidate in path.parent.iterdir():
+        if pattern.fullmatch(candidate.name) and candidate.is_file():
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
+def set_aside(path: str | Path) -> Path:
+    """Renames an unreadable checkpoint to `<name>.corrupt` (replacing an older one) and returns the new path."""
+    path = Path(path)
+    corrupt = path.with_name(path.name + ".corrupt")
+    os.replace(path, corrupt)
+    return corrupt
+
+
+def _plain(value: Any) -> Any:
+    # What a signature may hold: values that survive weights_only loading and compare with ==. Anything else
+    # (functions, modules) is left out by returning _ABSENT.
+    if isinstance(value, torch.Tensor):
+        return value.tolist() if value.numel() <= 64 else _ABSENT
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return _ABSENT if _ABSENT in items else items
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        items = {k: _plain(v) for k, v in value.items()}
+        return _ABSENT if _ABSENT in items.values() else items
+    return _ABSENT
+
+
+def _public_fields(prefix: str, values: dict[str, Any], skip: Collection[str] = ()) -> dict[str, Any]:
+    fields = {}
+    for key, value in values.items():
+        if key.startswith("_") or key in skip:
+            continue
+        value = _plain(value)
+        if value != _ABSENT:
+            fields[f"{prefix}.{key}"] = value
+    return fields
+
+
+def _name(obj: Any) -> str:
+    kind = obj if callable(obj) and hasattr(obj, "__qualname__") else type(obj)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def run_signature(
+    *,
+    epochs: int,
+    model: nn.Module,
+    rows: int,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any | None,
+    loss_fn: Callable[..., Any],
+    settings: dict[str, Any],
+    on_epoch_end: Callable[..., Any] | None = None,
+) -> dict[str, Any]:
+    """What decides a run, as a flat {field: plain value} dict, taken when fit() starts.
+
+    Taken before a checkpoint is loaded and before the first step, so a scheduler that has only been constructed
+    (OneCycleLR sets lr to max_lr / 25 at construction) looks the same in the first run and in a resumed one.
+
+    Args:
+        epochs: the total number of epochs.
+        model: the network (the names and shapes of its state_dict).
+        rows: rows of the training data.
+        optimizer: its class and every param_group entry but the parameters and implementation flags.
+        scheduler: its class and public state (total_steps, T_max, base_lrs, ...), or None.
+        loss_fn: its qualified name, and for a loss object its public scalar attributes (temperature, ...).
+        settings: anything else that decides the run (batch size, shuffling seed, select, max_grad_norm, ...).
+        on_epoch_end: fit()'s callback (its qualified name), or None.
+
+    Returns:
+        The signature, in the order a difference is reported.
+    """
+    signature: dict[str, Any] = {"epochs": epochs, "train.rows": rows}
+    signature.update({key: _plain(value) for key, value in settings.items()})
+    signature.update({f"model.{name}": list(t.shape) for name, t in model.state_dict().items()})
+    signature["optimizer"] = _name(optimizer)
+    groups = optimizer.param_groups
+    for i, group in enumerate(groups):
+        signature.update(_public_fields("optimizer" if len(groups) == 1 else f"optimizer.group{i}", group, _IMPLEMENTATION_FLAGS))
+    signature["scheduler"] = None if scheduler is None else _name(scheduler)
+    if scheduler is not None and hasattr(scheduler, "state_dict"):
+        signature.update(_public_fields("scheduler", scheduler.state_dict(), {"verbose"}))
+    signature["loss"] = _name(loss_fn)
+    if hasattr(loss_fn, "__dict__") and not hasattr(loss_fn, "__code__"):  # a loss object, not a function
+        scalars = {k: v for k, v in vars(loss_fn).items() if isinstance(v, (bool, int, float, str)) and k != "training"}
+        signature.update(_public_fields("loss", scalars))
+    signature["on_epoch_end"] = None if on_epoch_end is None else _name(on_epoch_end)
+    return signature
+
+
+def check_signature(path: str | Path, saved: dict[str, Any] | None, current: dict[str, Any]) -> None:
+    """Refuses to resume from a checkpoint written by a different run.
+
+    Args:
+        path: the checkpoint (named in the message).
+        saved: the signature stored in it (None: it has none).
+        current: run_signature() of this run.
+
+    Raises:
+        ValueError: naming the file and the first field that differs (and the others), with what to do.
+    """
+    if saved is None:
+        raise ValueError(
+            f"checkpoint {path} holds no run signature (written by an older kdteach, or not by fit()), so it cannot "
+            "be checked against this run; delete it or pass a new path"
+        )
+    fields = list(current) + [k for k in saved if k not in current]
+    differ = [k for k in fields if saved.get(k, _ABSENT) != current.get(k, _ABSENT)]
+    if differ:
+        first = differ[0]
+        also = f" (also differs: {', '.join(differ[1:6])}{', ...' if len(differ) > 6 else ''})" if len(differ) > 1 else ""
+        raise ValueError(
+            f"checkpoint {path} was written for {first}={saved.get(first, _ABSENT)!r}, this run asks for "
+            f"{current.get(first, _ABSENT)!r}{also}; delete it or pass a new path"
+        )

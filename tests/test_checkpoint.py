@@ -1,0 +1,159 @@
+"""Checkpoints: a different run never resumes silently, a corrupt file is set aside, a NaN keeps the good file."""
+import math
+
+import pytest
+import torch
+
+import kdteach as kd
+from kdteach.checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries
+from kdteach.train import cross_entropy_loss, fit
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def toy_data(n=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    return x, (x[:, 0] > 0).long()
+
+
+def run(ckpt, *, epochs=2, rows=32, width=8, lr=0.1, steps=None, loss_fn=cross_entropy_loss, resume=False):
+    """A tiny MLP on a few dozen rows; every keyword is one field of the run signature."""
+    x, y = toy_data(rows)
+    torch.manual_seed(0)
+    model = kd.models.MLP((6, width, 2))
+    batches = kd.data.Batches({"x": x, "y": y}, 8, shuffle=True)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps or epochs * len(batches))
+    history = fit(model, batches, epochs=epochs, optimizer=opt, scheduler=sched, loss_fn=loss_fn, checkpoint=ckpt,
+                  resume=resume, progress=False)
+    return model, history
+
+
+class ScaledLoss:
+    """A loss object (its class is part of the signature, like KDLoss or GroupDROLoss)."""
+
+    def __init__(self, scale=1.0):
+        self.scale = scale
+
+    def __call__(self, outputs, batch):
+        return self.scale * cross_entropy_loss(outputs, batch)
+
+
+@pytest.mark.parametrize(
+    "change, field, saved, asked",
+    [
+        ({"epochs": 3}, "epochs", "2", "3"),
+        ({"lr": 0.05}, "optimizer.lr", "0.004", "0.002"),  # OneCycleLR starts at max_lr / 25
+        ({"width": 16}, "model.hidden.0.weight", r"\[8, 6\]", r"\[16, 6\]"),
+        ({"rows": 24}, "train.rows", "32", "24"),
+        ({"steps": 9}, "scheduler.total_steps", "8", "9"),
+        ({"loss_fn": ScaledLoss()}, "loss", "'kdteach.train.cross_entropy_loss'", "'test_checkpoint.ScaledLoss'"),
+    ],
+)
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path, change, field, saved, asked):
+    ckpt = tmp_path / "run.pt"
+    run(ckpt)
+    before = ckpt.read_bytes()
+    with pytest.raises(ValueError, match=rf"checkpoint {ckpt} was written for {field}={saved}\S*, this run asks for {asked}\S*.*delete it or pass a new path"):
+        run(ckpt, resume=True, **change)
+    assert ckpt.read_bytes() == before  # refused, not overwritten
+
+
+def test_a_loss_hyperparameter_is_part_of_the_signature(tmp_path):
+    ckpt = tmp_path / "run.pt"
+    run(ckpt, epochs=1, loss_fn=ScaledLoss(1.0))
+    with pytest.raises(ValueError, match=r"loss.scale=1.0, this run asks for 2.0"):
+        run(ckpt, epochs=1, loss_fn=ScaledLoss(2.0), resume=True)
+
+
+def test_a_checkpoint_without_a_signature_is_refused(tmp_path):
+    ckpt = tmp_path / "old.pt"
+    run(ckpt, epochs=1)
+    state = load_checkpoint(ckpt)
+    del state["signature"]
+    torch.save(state, ckpt)
+    with pytest.raises(ValueError, match=rf"checkpoint {ckpt} holds no run signature.*delete it"):
+        run(ckpt, epochs=1, resume=True)
+
+
+def test_same_run_resumes_and_a_finished_one_returns_its_history(tmp_path):
+    ckpt = tmp_path / "run.pt"
+    model, history = run(ckpt)
+    again, resumed = run(ckpt, resume=True)
+    assert resumed.epochs == history.epochs
+    for a, b in zip(model.state_dict().values(), again.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_truncated_checkpoint_names_its_file(tmp_path):
+    ckpt = tmp_path / "run.pt"
+    run(ckpt, epochs=1)
+    truncate(ckpt)
+    with pytest.raises(CheckpointError, match=rf"checkpoint {ckpt} cannot be read .*truncated or corrupt.*[Dd]elete it"):
+        load_checkpoint(ckpt)
+    assert issubclass(CheckpointError, ValueError)
+
+
+def test_resume_sets_a_corrupt_checkpoint_aside_and_trains_from_scratch(tmp_path):
+    ckpt = tmp_path / "run.pt"
+    run(ckpt, epochs=1)
+    truncate(ckpt)
+    cut = ckpt.read_bytes()
+    with pytest.warns(UserWarning, match=rf"{ckpt} to {ckpt}\.corrupt"):
+        _, history = run(ckpt, epochs=1, resume=True)
+    assert (tmp_path / "run.pt.corrupt").read_bytes() == cut  # kept for inspection, not deleted
+    assert len(history.epochs) == 1
+    assert load_checkpoint(ckpt)["epoch"] == 0  # a fresh, readable checkpoint in its place
+
+
+def test_stale_temporary_files_are_removed_when_fit_starts(tmp_path):
+    ckpt = tmp_path / "run.pt"
+    stale = tmp_path / "run.ptab_c12x9.tmp"  # what save_atomic's mkstemp leaves when killed mid-write
+    other = tmp_path / "notes.tmp"  # not ours: left alone
+    stale.write_bytes(b"half a checkpoint")
+    other.write_bytes(b"keep")
+    run(ckpt, epochs=1)
+    assert not stale.exists() and other.exists()
+    assert remove_stale_temporaries(tmp_path / "missing-folder" / "x.pt") == []
+
+
+def step_counter(explode_at, how):
+    """cross-entropy, with step `explode_at` (0-based, counted over the run) blown up one of two ways."""
+    calls = []
+
+    def loss_fn(outputs, batch):
+        calls.append(None)
+        loss = cross_entropy_loss(outputs, batch)
+        if len(calls) - 1 == explode_at:
+            if how == "loss":
+                return loss * float("nan")
+            # The loss of this step stays finite; its gradient (and so the weights after the step) does not.
+            outputs.register_hook(lambda grad: grad * float("inf"))
+        return loss
+
+    return loss_fn
+
+
+@pytest.mark.parametrize("how, message", [("loss", "training loss became nan in epoch 2"),
+                                          ("weights", "weights became NaN or infinite in epoch 2")])
+def test_a_blow_up_in_the_last_step_keeps_the_previous_checkpoint(tmp_path, how, message):
+    ckpt = tmp_path / "run.pt"
+    last_step_of_epoch_2 = 2 * 4 - 1  # 32 rows in batches of 8
+    with pytest.raises(FloatingPointError, match=rf"{message}.*last good checkpoint is {ckpt}, written after epoch 1"):
+        run(ckpt, epochs=3, loss_fn=step_counter(last_step_of_epoch_2, how))
+    state = load_checkpoint(ckpt)
+    assert state["epoch"] == 0 and len(state["history"]) == 1
+    assert all(bool(torch.isfinite(t).all()) for t in state["model"].values())
+    assert math.isfinite(state["history"][0]["train_loss"])
+
+
+def test_a_blow_up_without_a_checkpoint_names_none():
+    with pytest.raises(FloatingPointError, match=r"weights became NaN or infinite in epoch 1") as error:
+        run(None, epochs=1, loss_fn=step_counter(3, "weights"))
+    assert "checkpoint" not in str(error.value)
