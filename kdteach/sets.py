@@ -1,22 +1,30 @@
-"""Prediction sets for early-exit networks: split conformal per exit, running intersections, anytime-valid sets.
+"""Prediction sets for early-exit networks: split conformal per exit, Bayes credible sets, running intersections,
+anytime-valid sets.
 
 A set is a boolean tensor: (N, C) for one predictor, (exits, N, C) for a multi-exit network; entry [t, i, y] says
 whether label y is in example i's set at exit t. Regression intervals are two tensors `lower`, `upper` of shape
 (exits, N); an empty interval has lower > upper (we use +inf and -inf) and means "abstain / out of distribution".
 
-Three ways to make a set at every exit (Jazbec et al., UAI 2024, "Early-Exit Neural Networks with Nested
-Prediction Sets"):
+Ways to make a set at every exit (Jazbec et al., UAI 2024, "Early-Exit Neural Networks with Nested Prediction
+Sets"):
 - split conformal at each exit (LAC, APS, RAPS scores): each C_t covers the label with probability >= 1 - alpha
   on its own, but nothing ties C_t to C_{t-1}: a label ruled out early can come back later (not nested);
-- their running intersection C_1 ∩ ... ∩ C_t: nested, but each C_t's guarantee was marginal over one exit, so the
+- Bayes credible sets at each exit: the most probable labels until their mass reaches 1 - alpha, with no
+  calibration at all: right only if the exit's predictive distribution is;
+- their running intersections C_1 ∩ ... ∩ C_t: nested, but each C_t's guarantee was marginal over one exit, so the
   intersection loses coverage as exits accumulate;
-- anytime-valid confidence sequences (AVCS): P(for all t: y in C_t) >= 1 - alpha under the model, so the running
-  intersection keeps the guarantee. Classification uses Dirichlet draws from thresholded logits (Algorithm 2);
-  regression uses Bayesian linear regression heads and a quadratic in y (Algorithm 1).
+- anytime-valid confidence sequences (AVCS): P(for all t: y in C_t) >= 1 - alpha IF the model's predictive
+  distribution is right, so the running intersection keeps the guarantee. Classification uses Dirichlet draws from
+  thresholded logits (Algorithm 2); regression uses Bayesian linear regression heads and a quadratic in y
+  (Algorithm 1). A network is not that model; fit_avcs_thresholds chooses the thresholds on a calibration split by a
+  split-conformal rule, which gives the all-exit coverage a finite-sample guarantee of its own (see there).
 
 Unlike the paper's official code, the classification AVCS here takes the running intersection (the paper's
 algorithm has it; the code skips it), and its thresholds are fitted on a calibration split only, never on the data
 the sets are evaluated on.
+
+Conventions of the metrics: an empty set counts as size 0 in mean_size (and is counted apart by empty_rate), and
+N(t) = |C_1 ∩ ... ∩ C_t| / |C_t| is taken as 1 when C_t is empty (nothing came back).
 """
 from __future__ import annotations
 
@@ -28,20 +36,30 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from kdteach.checks import check_alpha, check_finite, check_int, check_labels, check_not_empty, check_number, check_tensor
+
 __all__ = [
-    # scores and split conformal
+    # scores, split conformal, credible sets
     "lac_scores",
     "aps_scores",
     "raps_scores",
     "label_scores",
     "conformal_threshold",
+    "conformal_rank",
     "fit_conformal_thresholds",
     "conformal_sets",
     "prediction_sets",
+    "credible_sets",
     "running_intersection",
     # anytime-valid sets, classification
     "avcs_sets",
+    "AvcsFit",
     "fit_avcs_thresholds",
+    # every method on one calibration split
+    "calibration_split",
+    "CONFORMAL_METHODS",
+    "MethodSets",
+    "method_sets",
     # metrics
     "coverage",
     "mean_size",
@@ -49,47 +67,41 @@ __all__ = [
     "class_conditional_coverage",
     "nestedness",
     "non_nested_examples",
+    "SetMetrics",
     "set_metrics",
+    "MethodSummary",
+    "summarize_splits",
     # regression
     "BayesianLinearRegression",
     "fit_bayesian_linear_regression",
     "log_marginal_likelihood",
+    "ExitPredictive",
+    "bayesian_exit_predictive",
     "avcs_quadratic_intervals",
     "avcs_intervals",
     "credible_intervals",
     "interval_running_intersection",
+    "regression_intervals",
     "interval_metrics",
+    "empty_share_by_region",
     "wiggle_function",
     "wiggle_data",
+    "WiggleSplits",
+    "wiggle_splits",
 ]
 
 SCORES = ("lac", "aps", "raps")
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Input checks: every public function names the argument it refuses.
-
-
-def _check_alpha(alpha: float) -> None:
-    if not isinstance(alpha, (int, float)) or not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+# Input checks (kdteach.checks): every public function names the argument it refuses.
 
 
 def _check_probs(name: str, probs: torch.Tensor) -> None:
-    if not isinstance(probs, torch.Tensor) or probs.dim() not in (2, 3) or not probs.is_floating_point():
-        shape = tuple(probs.shape) if isinstance(probs, torch.Tensor) else type(probs).__name__
-        raise ValueError(f"{name} must be a float tensor of shape (N, C) or (exits, N, C), got {shape}")
-
-
-def _check_labels(name: str, labels: torch.Tensor, n: int, num_classes: int | None = None) -> None:
-    if not isinstance(labels, torch.Tensor) or labels.shape != (n,):
-        shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
-        raise ValueError(f"{name} must have shape ({n},), got {shape}")
-    if num_classes is not None:
-        if labels.is_floating_point():
-            raise ValueError(f"{name} must hold integer class indices, got {labels.dtype}")
-        if n and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-            raise ValueError(f"{name} must be in [0, {num_classes}), got values in [{int(labels.min())}, {int(labels.max())}]")
+    # Probabilities or logits: (N, C) or (exits, N, C), floating point, at least one example, finite (read on CPU).
+    check_tensor(name, probs, dims=(2, 3), floating=True, what="(N, C) or (exits, N, C)")
+    check_not_empty(name, probs, dim=-2)
+    check_finite(name, probs)
 
 
 def _check_sets(name: str, sets: torch.Tensor) -> None:
@@ -131,53 +143,65 @@ def raps_scores(
     lam: float = 0.01,
     k_reg: int = 5,
     randomized: bool = True,
+    shared_u: bool = False,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """RAPS (Angelopoulos et al. 2021) for every label: the probability mass ranked above y, part of y's own mass,
     and a penalty lam * max(0, rank(y) - k_reg) that keeps long tails of unlikely labels out of the set.
 
     score(x, y, u) = sum_{j ranked before y} p_j + u * p_y + lam * max(0, o(y) - k_reg), with o(y) the 1-based rank.
-    Randomized: u ~ Uniform(0, 1), one draw per example (and per exit), so sets can be empty. Not randomized: u = 1,
-    never empty for a finite threshold >= the top score, but larger. APS is RAPS with lam = 0.
+    Randomized: u ~ Uniform(0, 1), one draw per example, fresh at every exit unless shared_u. Not randomized: u = 1.
+    A set {y : score <= q} is empty exactly when q is below the score of the example's top-ranked label, which is
+    u * p_max (+ lam if k_reg = 0): randomized sets are empty whenever u is small enough, and non-randomized ones
+    whenever q < p_max (+ lam if k_reg = 0), which happens for examples more confident than the calibration split
+    demanded. APS is RAPS with lam = 0.
 
     Args:
         probs: (..., N, C) class probabilities.
         lam: penalty per rank beyond k_reg (>= 0).
         k_reg: ranks up to k_reg are not penalised (>= 0).
         randomized: draw u per example; False uses u = 1.
+        shared_u: for (exits, N, C) probabilities, one u per example for every exit (the exits then differ only
+            in their probabilities); False draws u afresh per exit, which alone can make labels come back.
         generator: the source of u (needed for reproducible randomized scores).
 
     Returns:
         (..., N, C) scores; for a fixed example the score grows with the label's rank, so sets are top-k prefixes.
     """
     _check_probs("probs", probs)
-    if lam < 0:
-        raise ValueError(f"lam must be >= 0, got {lam}")
-    if k_reg < 0:
-        raise ValueError(f"k_reg must be >= 0, got {k_reg}")
+    check_number("lam", lam, low=0.0)
+    check_int("k_reg", k_reg, minimum=0)
     sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
     ranks = order.argsort(dim=-1)  # 0-based rank of each label
     mass_through = sorted_probs.cumsum(dim=-1).gather(-1, ranks)  # mass of labels ranked before y, plus p_y
     if randomized:
-        u = torch.rand(probs.shape[:-1] + (1,), generator=generator, dtype=probs.dtype, device="cpu").to(probs.device)
+        shape = probs.shape[:-1] + (1,)
+        if shared_u and probs.dim() == 3:
+            shape = (1,) + shape[1:]  # one u per example, broadcast over exits
+        u = torch.rand(shape, generator=generator, dtype=probs.dtype, device="cpu").to(probs.device)
     else:
         u = torch.ones((), dtype=probs.dtype, device=probs.device)
     penalty = lam * (ranks + 1 - k_reg).clamp(min=0).to(probs.dtype)
     return mass_through - (1.0 - u) * probs + penalty
 
 
-def aps_scores(probs: torch.Tensor, *, randomized: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
-    """APS (Romano et al. 2020): RAPS without the rank penalty. See raps_scores.
+def aps_scores(probs: torch.Tensor, *, randomized: bool = True, shared_u: bool = False,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """APS (Romano et al. 2020): RAPS without the rank penalty (see raps_scores).
+
+    Non-randomized APS sets are NOT always non-empty: the top label's score is its probability p_max, so the set
+    {y : score <= q} is empty for every example with p_max > q. Randomized, the top label's score is u * p_max.
 
     Args:
         probs: (..., N, C) class probabilities.
         randomized: draw u per example; False uses u = 1.
+        shared_u: one u per example for every exit (see raps_scores).
         generator: the source of u.
 
     Returns:
         (..., N, C) scores.
     """
-    return raps_scores(probs, lam=0.0, k_reg=0, randomized=randomized, generator=generator)
+    return raps_scores(probs, lam=0.0, k_reg=0, randomized=randomized, shared_u=shared_u, generator=generator)
 
 
 def label_scores(
@@ -187,6 +211,7 @@ def label_scores(
     lam: float = 0.01,
     k_reg: int = 5,
     randomized: bool = True,
+    shared_u: bool = False,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """The conformal score of every label from logits (softmax first), by score name.
@@ -195,7 +220,7 @@ def label_scores(
         logits: (N, C) or (exits, N, C).
         score: "lac", "aps" or "raps".
         lam, k_reg: RAPS's penalty (ignored by LAC and APS).
-        randomized: APS/RAPS randomisation (ignored by LAC).
+        randomized, shared_u: APS/RAPS randomisation (ignored by LAC).
         generator: the source of APS/RAPS's uniform draws.
 
     Returns:
@@ -206,9 +231,9 @@ def label_scores(
     if score == "lac":
         return lac_scores(probs)
     if score == "aps":
-        return aps_scores(probs, randomized=randomized, generator=generator)
+        return aps_scores(probs, randomized=randomized, shared_u=shared_u, generator=generator)
     if score == "raps":
-        return raps_scores(probs, lam=lam, k_reg=k_reg, randomized=randomized, generator=generator)
+        return raps_scores(probs, lam=lam, k_reg=k_reg, randomized=randomized, shared_u=shared_u, generator=generator)
     raise ValueError(f"score must be one of {SCORES}, got {score!r}")
 
 
@@ -230,16 +255,23 @@ def conformal_threshold(scores: torch.Tensor, alpha: float) -> torch.Tensor:
     Returns:
         A scalar tensor, or (exits,): float64.
     """
-    _check_alpha(alpha)
-    if not isinstance(scores, torch.Tensor) or scores.dim() not in (1, 2) or scores.shape[-1] == 0:
-        shape = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
-        raise ValueError(f"scores must be a non-empty tensor of shape (n,) or (exits, n), got {shape}")
+    alpha = check_alpha(alpha)
+    check_tensor("scores", scores, dims=(1, 2), what="(n,) or (exits, n)")
+    check_not_empty("scores", scores, dim=-1)
+    check_finite("scores", scores)
     n = scores.shape[-1]
-    # The small tolerance keeps e.g. (19 + 1) * 0.95 = 19.000000000000004 at rank 19 rather than 20.
-    rank = math.ceil((n + 1) * (1.0 - alpha) - 1e-9)
+    rank = conformal_rank(n, alpha)
     if rank > n:
         return torch.full(scores.shape[:-1], math.inf, dtype=torch.float64, device=scores.device)
     return scores.double().sort(dim=-1).values[..., rank - 1]
+
+
+def conformal_rank(n: int, alpha: float) -> int:
+    """ceil((n + 1)(1 - alpha)): how many of n calibration scores must lie at or below a split-conformal threshold.
+
+    The small tolerance keeps e.g. (19 + 1) * 0.95 = 19.000000000000004 at rank 19 rather than 20.
+    """
+    return math.ceil((check_int("n", n, minimum=1) + 1) * (1.0 - check_alpha(alpha)) - 1e-9)
 
 
 def fit_conformal_thresholds(
@@ -251,25 +283,26 @@ def fit_conformal_thresholds(
     lam: float = 0.01,
     k_reg: int = 5,
     randomized: bool = True,
+    shared_u: bool = False,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Split-conformal thresholds from a calibration split, one per exit.
+    """Split-conformal thresholds from a calibration split, one per exit (in the score's units).
 
     Args:
         calib_logits: (N, C) or (exits, N, C) logits of the calibration examples.
         calib_labels: (N,) their labels.
         alpha: miscoverage level in (0, 1).
         score: "lac", "aps" or "raps".
-        lam, k_reg, randomized: see raps_scores.
+        lam, k_reg, randomized, shared_u: see raps_scores.
         generator: the source of the calibration examples' uniform draws (APS/RAPS).
 
     Returns:
         A scalar (for (N, C) logits) or (exits,) float64 thresholds.
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     _check_probs("calib_logits", calib_logits)
-    _check_labels("calib_labels", calib_labels, calib_logits.shape[-2], calib_logits.shape[-1])
-    scores = label_scores(calib_logits, score, lam=lam, k_reg=k_reg, randomized=randomized, generator=generator)
+    check_labels("calib_labels", calib_labels, calib_logits.shape[-2], calib_logits.shape[-1])
+    scores = label_scores(calib_logits, score, lam=lam, k_reg=k_reg, randomized=randomized, shared_u=shared_u, generator=generator)
     index = calib_labels.to(scores.device).expand(scores.shape[:-1]).unsqueeze(-1)
     return conformal_threshold(scores.gather(-1, index).squeeze(-1), alpha)
 
@@ -282,6 +315,7 @@ def conformal_sets(
     lam: float = 0.01,
     k_reg: int = 5,
     randomized: bool = True,
+    shared_u: bool = False,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Split-conformal sets {y : score(x, y) <= threshold} at every exit.
@@ -289,14 +323,14 @@ def conformal_sets(
     Args:
         logits: (N, C) or (exits, N, C).
         thresholds: a number, or one per exit (from fit_conformal_thresholds).
-        score, lam, k_reg, randomized: must match the ones the thresholds were fitted with.
+        score, lam, k_reg, randomized, shared_u: must match the ones the thresholds were fitted with.
         generator: the source of the test examples' uniform draws (APS/RAPS).
 
     Returns:
         bool sets of the same shape as logits.
     """
     _check_probs("logits", logits)
-    scores = label_scores(logits, score, lam=lam, k_reg=k_reg, randomized=randomized, generator=generator)
+    scores = label_scores(logits, score, lam=lam, k_reg=k_reg, randomized=randomized, shared_u=shared_u, generator=generator)
     if logits.dim() == 2:
         t = torch.as_tensor(thresholds, dtype=torch.float64, device=scores.device)
         if t.dim() != 0:
@@ -316,6 +350,7 @@ def prediction_sets(
     lam: float = 0.01,
     k_reg: int = 5,
     randomized: bool = True,
+    shared_u: bool = False,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Split conformal at each exit in one call: thresholds from the calibration split, sets for `logits`.
@@ -325,7 +360,7 @@ def prediction_sets(
         calib_labels: (n,) its labels.
         logits: (exits, N, C) (or (N, C)) logits of the examples to make sets for.
         alpha: miscoverage level in (0, 1).
-        score, lam, k_reg, randomized: see label_scores.
+        score, lam, k_reg, randomized, shared_u: see label_scores.
         generator: the source of APS/RAPS's uniform draws (calibration first, then test).
 
     Returns:
@@ -335,9 +370,30 @@ def prediction_sets(
     _check_probs("calib_logits", calib_logits)
     if calib_logits.dim() != logits.dim() or calib_logits.shape[-1] != logits.shape[-1] or calib_logits.shape[:-2] != logits.shape[:-2]:
         raise ValueError(f"calib_logits {tuple(calib_logits.shape)} and logits {tuple(logits.shape)} must agree in exits and classes")
-    options = dict(score=score, lam=lam, k_reg=k_reg, randomized=randomized, generator=generator)
+    options = dict(score=score, lam=lam, k_reg=k_reg, randomized=randomized, shared_u=shared_u, generator=generator)
     thresholds = fit_conformal_thresholds(calib_logits, calib_labels, alpha, **options)
     return conformal_sets(logits, thresholds, **options)
+
+
+def credible_sets(logits: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Bayes credible sets at every exit: the most probable labels, in order, until their mass reaches 1 - alpha.
+
+    The predictive distribution is the exit's softmax (the paper's baseline uses a Laplace posterior predictive;
+    the softmax is the plug-in one). Label y is in the set iff the mass ranked strictly above it is < 1 - alpha, so
+    the top label always is: never empty. No calibration: the coverage is 1 - alpha only if the softmax is right.
+
+    Args:
+        logits: (N, C) or (exits, N, C).
+        alpha: credible level 1 - alpha, alpha in (0, 1).
+
+    Returns:
+        bool sets of the same shape as logits.
+    """
+    alpha = check_alpha(alpha)
+    _check_probs("logits", logits)
+    probs = torch.softmax(logits.double(), dim=-1)
+    mass_above = aps_scores(probs, randomized=False) - probs
+    return mass_above < 1.0 - alpha
 
 
 def running_intersection(sets: torch.Tensor) -> torch.Tensor:
@@ -369,19 +425,29 @@ def _standard_gamma(concentration: torch.Tensor, generator: torch.Generator) -> 
         return torch.distributions.Gamma(concentration, torch.ones_like(concentration)).sample()
 
 
-def _avcs_log_ratios(logits: torch.Tensor, thresholds: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    # log R_t(y) for one parallel copy: per exit, concentrations a = logits where logits >= tau, one Dirichlet draw
-    # pi ~ Dir(a on its support); ratio (a_y / sum a) / pi_y, +inf off the support; log R_t = cumulative sum.
-    concentration = torch.where(logits >= thresholds[:, None, None], logits, torch.zeros_like(logits))
-    support = concentration > 0
-    gamma = _standard_gamma(torch.where(support, concentration, torch.ones_like(concentration)), generator)
-    gamma = torch.where(support, gamma, torch.zeros_like(gamma))
-    # Dirichlet = normalised Gammas; the normaliser is over the support only. An empty support (every logit below
-    # tau) gives an all-infinite row: an empty set, i.e. abstain.
+def _gamma_draws(logits: torch.Tensor, support: torch.Tensor, copies: int, generator: torch.Generator) -> torch.Tensor:
+    # (copies, exits, N, C) Gamma(logit) draws on the support (1 elsewhere, unused). Normalised over any subset of
+    # the support they are a Dirichlet draw of that subset: the fit reuses one set of draws for every threshold.
+    concentration = torch.where(support, logits, torch.ones_like(logits))
+    return _standard_gamma(concentration.expand(copies, *logits.shape).contiguous(), generator)
+
+
+def _avcs_log_ratios(logits: torch.Tensor, support: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    # log R_t(y) per copy: per exit the concentrations a = logits on the support, the draw pi = gamma normalised on
+    # the support, the ratio (a_y / sum a) / pi_y (+inf off the support); log R_t is the sum over exits <= t. An empty
+    # support (every logit below tau) gives an all-infinite row: an empty set, i.e. abstain.
+    concentration = torch.where(support, logits, torch.zeros_like(logits))
+    draw = torch.where(support, gamma, torch.zeros_like(gamma))
     log_mean = concentration.log() - concentration.sum(-1, keepdim=True).log()
-    log_draw = gamma.log() - gamma.sum(-1, keepdim=True).log()
-    log_ratio = torch.where(support & (gamma > 0), log_mean - log_draw, torch.full_like(logits, math.inf))
-    return log_ratio.cumsum(dim=0)
+    log_draw = draw.log() - draw.sum(-1, keepdim=True).log()
+    log_ratio = torch.where(support & (draw > 0), log_mean - log_draw, torch.full_like(draw, math.inf))
+    return log_ratio.cumsum(dim=-3)
+
+
+def _check_exit_logits(name: str, exit_logits: torch.Tensor) -> None:
+    _check_probs(name, exit_logits)
+    if exit_logits.dim() != 3:
+        raise ValueError(f"{name} must have shape (exits, N, C), got {tuple(exit_logits.shape)}")
 
 
 def avcs_sets(
@@ -399,6 +465,10 @@ def avcs_sets(
     R_t(y) = prod_{l <= t} (a_{l,y} / sum_k a_{l,k}) / pi_{l,y}, and C_t = {y : R_t(y) <= 1 / alpha}. Then the
     running intersection over exits (which the official code omits) and the intersection over parallel copies.
 
+    If the network's exits were the Bayesian model the paper assumes, each copy would cover the true label at every
+    exit with probability >= 1 - alpha (a Ville-type inequality). The intersection of S copies is valid at S * alpha
+    by the union bound only; fit_avcs_thresholds with the same num_parallel calibrates the intersection itself.
+
     Args:
         exit_logits: (exits, N, C) logits.
         thresholds: tau_t > 0 per exit (fit them with fit_avcs_thresholds on a calibration split).
@@ -409,22 +479,44 @@ def avcs_sets(
     Returns:
         (exits, N, C) bool sets, nested across exits.
     """
-    _check_alpha(alpha)
-    _check_probs("exit_logits", exit_logits)
-    if exit_logits.dim() != 3:
-        raise ValueError(f"exit_logits must have shape (exits, N, C), got {tuple(exit_logits.shape)}")
-    if not isinstance(num_parallel, int) or num_parallel < 1:
-        raise ValueError(f"num_parallel must be an int >= 1, got {num_parallel!r}")
+    alpha = check_alpha(alpha)
+    _check_exit_logits("exit_logits", exit_logits)
+    num_parallel = check_int("num_parallel", num_parallel, minimum=1)
     if not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     logits = exit_logits.double()
     taus = _per_exit("thresholds", thresholds, logits.shape[0], logits)
     if not bool((taus > 0).all()):
         raise ValueError(f"thresholds must all be > 0 (they are Dirichlet concentrations' floor), got {taus.tolist()}")
-    sets = torch.ones_like(logits, dtype=torch.bool)
-    for _ in range(num_parallel):
-        sets &= running_intersection(_avcs_log_ratios(logits, taus, generator) <= math.log(1.0 / alpha))
-    return sets
+    support = logits >= taus[:, None, None]
+    inside = _avcs_log_ratios(logits, support, _gamma_draws(logits, support, num_parallel, generator)) <= math.log(1.0 / alpha)
+    return inside.to(torch.uint8).cummin(dim=1).values.bool().all(dim=0)  # running intersection, then over copies
+
+
+@dataclass(frozen=True)
+class AvcsFit:
+    """AVCS thresholds chosen on a calibration split (fit_avcs_thresholds).
+
+    Attributes:
+        thresholds: tau per exit (one common value: the rule needs a path of candidates fixed in advance).
+        calibration_coverage: share of calibration labels that survive at every exit for every candidate up to the
+            chosen one (mean over the Dirichlet draws).
+        required_coverage: ceil((n + 1)(1 - alpha)) / n, the conformal rank as a share (> 1: no tau can qualify).
+        floor_coverage: calibration_coverage at the smallest candidate: the most any threshold can reach here.
+        feasible: floor_coverage reaches required_coverage; if not, the thresholds are the smallest candidate and
+            carry no guarantee.
+    """
+
+    thresholds: tuple[float, ...]
+    calibration_coverage: float
+    required_coverage: float
+    floor_coverage: float
+    feasible: bool
+
+    @property
+    def tau(self) -> float:
+        """The common threshold."""
+        return self.thresholds[0]
 
 
 def fit_avcs_thresholds(
@@ -436,67 +528,145 @@ def fit_avcs_thresholds(
     step: float = 0.5,
     num_parallel: int = 1,
     seed: int = 0,
-    draws: int = 1,
-) -> torch.Tensor:
-    """Chooses AVCS's thresholds tau_t on a calibration split: as large as possible while >= 1 - alpha of the
-    calibration examples keep their label in the (running-intersection) set at every exit.
+    draws: int = 10,
+) -> AvcsFit:
+    """Chooses AVCS's threshold tau (common to all exits) on a calibration split by a split-conformal rule.
 
-    Exit by exit (first to last), tau_t grows from `start` in steps of `step`, and stops before the first value at
-    which the calibration coverage at all exits would fall below 1 - alpha. Larger thresholds rule out more labels
-    (smaller sets). The Dirichlet draws use a generator seeded with `seed` for every candidate (common random
-    numbers), so candidates are compared on equal terms. Only the calibration split is passed in; the thresholds
-    cannot depend on the evaluation data.
+    Candidates tau = start, start + step, ... (a path fixed in advance; larger tau rules out more labels). For each
+    calibration example and Dirichlet draw, its score is how far along the path its label survives: the last
+    candidate up to which, at every candidate, the label is in the AVCS set at every exit. The chosen tau is the
+    largest candidate that at least ceil((n + 1)(1 - alpha)) calibration examples reach (counts averaged over
+    `draws` draws per example). One set of Gamma draws serves every candidate: normalised over a candidate's
+    support they are a Dirichlet draw with that candidate's concentrations.
+
+    The finite-sample argument: the averaged count is at most the same count over all n + 1 examples (calibration
+    plus a new one, with its own draws); that count is a symmetric function of the n + 1 exchangeable examples,
+    so a new example survives to the chosen tau, and is covered at every exit, with probability
+    >= ceil((n + 1)(1 - alpha)) / (n + 1) >= 1 - alpha, averaged over calibration splits and draws. It needs
+    exchangeable calibration and test examples, not a correct model. The paper's own rule (the largest tau,
+    searched exit by exit, keeping calibration coverage >= 1 - alpha) has no such argument and under-covers.
 
     Args:
         calib_logits: (exits, n, C) logits of the calibration split.
         calib_labels: (n,) its labels.
         alpha: miscoverage level in (0, 1).
-        start: the smallest threshold (the paper uses tau >= 1); must be > 0.
-        step: the grid spacing (> 0; 0.5 as in the paper's code).
-        num_parallel: as in avcs_sets.
+        start: the smallest candidate (the paper uses tau >= 1); > 0.
+        step: the candidates' spacing (> 0; 0.5 as in the paper's code).
+        num_parallel: as in avcs_sets (the rule then calibrates the intersection of the copies).
         seed: seed of the calibration draws.
-        draws: independent Dirichlet draws per candidate whose coverages are averaged. With 1 (the paper's
-            procedure) the search can tune the thresholds to the particulars of one draw, and coverage on fresh
-            draws comes out lower; a few draws make the calibration coverage an estimate of the expected one.
+        draws: Dirichlet draws per calibration example (>= 1) whose counts are averaged (less variance in tau).
 
     Returns:
-        (exits,) float64 thresholds. If even `start` everywhere leaves coverage below 1 - alpha, returns `start`
-        everywhere and warns.
+        AvcsFit. If not even `start` reaches the required count, its thresholds are `start` and it warns.
     """
-    _check_alpha(alpha)
-    _check_probs("calib_logits", calib_logits)
-    if calib_logits.dim() != 3:
-        raise ValueError(f"calib_logits must have shape (exits, n, C), got {tuple(calib_logits.shape)}")
-    _check_labels("calib_labels", calib_labels, calib_logits.shape[1], calib_logits.shape[2])
-    if not start > 0:
-        raise ValueError(f"start must be > 0, got {start}")
-    if not step > 0:
-        raise ValueError(f"step must be > 0, got {step}")
-    if not isinstance(draws, int) or draws < 1:
-        raise ValueError(f"draws must be an int >= 1, got {draws!r}")
-    labels = calib_labels.to(calib_logits.device)
-    exits = calib_logits.shape[0]
+    alpha = check_alpha(alpha)
+    _check_exit_logits("calib_logits", calib_logits)
+    check_labels("calib_labels", calib_labels, calib_logits.shape[1], calib_logits.shape[2])
+    start = check_number("start", start, low=0.0, low_open=True)
+    step = check_number("step", step, low=0.0, low_open=True)
+    draws = check_int("draws", draws, minimum=1)
+    num_parallel = check_int("num_parallel", num_parallel, minimum=1)
+    logits = calib_logits.double()
+    exits, n, _ = logits.shape
+    needed = conformal_rank(n, alpha)
+    top = float(logits.amax(dim=(1, 2)).min())  # above this some exit rules out every label: nobody survives
+    candidates = [start + step * j for j in range(max(0, math.floor((top - start) / step)) + 1)]
+    gamma = _gamma_draws(logits, logits >= start, draws * num_parallel, torch.Generator().manual_seed(seed))
+    index = calib_labels.to(logits.device).view(1, 1, n, 1).expand(draws * num_parallel, exits, n, 1)
+    alive = torch.ones(draws, n, dtype=torch.bool, device=logits.device)
+    counts: list[float] = []
+    for tau in candidates:
+        label_ratio = _avcs_log_ratios(logits, logits >= tau, gamma).gather(-1, index).squeeze(-1)  # (copies, exits, n)
+        covered = (label_ratio <= math.log(1.0 / alpha)).all(dim=1).view(draws, num_parallel, n).all(dim=1)
+        alive &= covered
+        counts.append(float(alive.double().sum(dim=1).mean()))
+        if counts[-1] < needed:  # survival only falls along the path
+            break
+    feasible = counts[0] >= needed
+    chosen = max(j for j, c in enumerate(counts) if c >= needed) if feasible else 0
+    if not feasible:
+        warnings.warn(f"fit_avcs_thresholds: only {counts[0] / n:.3f} of calibration labels survive at tau = {start}, below the "
+                      f"required {needed / n:.3f} = ceil((n + 1)(1 - alpha)) / n; keeping tau = {start} (no guarantee)")
+    return AvcsFit((candidates[chosen],) * exits, counts[chosen] / n, needed / n, counts[0] / n, feasible)
 
-    def covered_everywhere(taus: torch.Tensor) -> float:
-        generator = torch.Generator().manual_seed(seed)
-        total = 0.0
-        for _ in range(draws):
-            sets = avcs_sets(calib_logits, taus, alpha, generator=generator, num_parallel=num_parallel)
-            total += float(coverage(sets[-1], labels))  # nested sets: the last exit's coverage is the all-exit one
-        return total / draws
 
-    taus = torch.full((exits,), float(start), dtype=torch.float64)
-    if covered_everywhere(taus) < 1 - alpha:
-        warnings.warn(f"fit_avcs_thresholds: calibration coverage is below 1 - alpha = {1 - alpha} even at tau = {start}; keeping it")
-        return taus
-    for t in range(exits):
-        highest = float(calib_logits[t].max())  # above this every label is ruled out: no point searching further
-        while taus[t] + step <= highest:
-            taus[t] += step
-            if covered_everywhere(taus) < 1 - alpha:
-                taus[t] -= step
-                break
-    return taus
+# ----------------------------------------------------------------------------------------------------------------
+# Every method on one random calibration/evaluation split.
+
+
+def calibration_split(n: int, fraction: float = 0.2, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random split of n examples into calibration and evaluation indices.
+
+    Args:
+        n: number of examples.
+        fraction: share of calibration examples, in (0, 1).
+        seed: seed of the permutation.
+
+    Returns:
+        calibration indices and evaluation indices (disjoint, together 0..n-1).
+    """
+    fraction = check_number("fraction", fraction, low=0.0, high=1.0, low_open=True, high_open=True)
+    n_calib = int(round(fraction * n))
+    if not 0 < n_calib < n:
+        raise ValueError(f"n = {n} is too small to split with fraction {fraction}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[:n_calib], order[n_calib:]
+
+
+# The per-exit split-conformal methods: the score and its options (RAPS: lambda 0.01, k_reg 5, as in the paper).
+CONFORMAL_METHODS: dict[str, dict] = {
+    "LAC": {"score": "lac"},
+    "APS": {"score": "aps"},
+    "RAPS": {"score": "raps", "lam": 0.01, "k_reg": 5},
+    "RAPS shared u": {"score": "raps", "lam": 0.01, "k_reg": 5, "shared_u": True},
+    "RAPS no u": {"score": "raps", "lam": 0.01, "k_reg": 5, "randomized": False},
+}
+
+
+@dataclass(frozen=True)
+class MethodSets:
+    """Every method's sets on one evaluation split, and what was fitted on its calibration split.
+
+    Attributes:
+        sets: method -> (exits, N, C) bool sets, in table order: each per-exit method, then its running
+            intersection "<method> ∩", then "AVCS".
+        quantiles: conformal method -> (exits,) score thresholds (in that score's units).
+        avcs: AVCS's fitted threshold (in logit units: a different quantity from the score quantiles).
+    """
+
+    sets: dict[str, torch.Tensor]
+    quantiles: dict[str, torch.Tensor]
+    avcs: AvcsFit
+
+
+def method_sets(cal_logits: torch.Tensor, cal_labels: torch.Tensor, eval_logits: torch.Tensor, alpha: float, *,
+                seed: int = 0, avcs_draws: int = 10, num_parallel: int = 1) -> MethodSets:
+    """Split conformal (CONFORMAL_METHODS), Bayes credible sets, their running intersections and AVCS on one split.
+
+    Args:
+        cal_logits, cal_labels: the calibration split ((exits, n, C), (n,)); every threshold is fitted on it.
+        eval_logits: (exits, N, C) the evaluation split.
+        alpha: miscoverage level.
+        seed: seed of every random draw (APS/RAPS's u, AVCS's calibration and evaluation draws).
+        avcs_draws: Dirichlet draws per calibration example in fit_avcs_thresholds.
+        num_parallel: AVCS's parallel copies.
+
+    Returns:
+        MethodSets.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    sets, quantiles = {}, {}
+    per_exit = {}
+    for name, options in CONFORMAL_METHODS.items():
+        quantiles[name] = fit_conformal_thresholds(cal_logits, cal_labels, alpha, generator=generator, **options)
+        per_exit[name] = conformal_sets(eval_logits, quantiles[name], generator=generator, **options)
+    per_exit["Bayes"] = credible_sets(eval_logits, alpha)
+    for name, s in per_exit.items():
+        sets[name], sets[f"{name} ∩"] = s, running_intersection(s)
+    fit = fit_avcs_thresholds(cal_logits, cal_labels, alpha, num_parallel=num_parallel, seed=seed, draws=avcs_draws)
+    # Other draws than the calibration ones: the evaluation sets must not reuse the draws the threshold saw.
+    sets["AVCS"] = avcs_sets(eval_logits, fit.thresholds, alpha, generator=torch.Generator().manual_seed(seed + 10_000), num_parallel=num_parallel)
+    return MethodSets(sets, quantiles, fit)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -514,13 +684,13 @@ def coverage(sets: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         A scalar, or (exits,): float64.
     """
     _check_sets("sets", sets)
-    _check_labels("labels", labels, sets.shape[-2], sets.shape[-1])
+    check_labels("labels", labels, sets.shape[-2], sets.shape[-1])
     index = labels.to(sets.device).expand(sets.shape[:-1]).unsqueeze(-1)
     return sets.gather(-1, index).squeeze(-1).double().mean(dim=-1)
 
 
 def mean_size(sets: torch.Tensor) -> torch.Tensor:
-    """Mean number of labels per set (empty sets count 0; see empty_rate).
+    """Mean number of labels per set; an empty set counts 0 (so report empty_rate beside it).
 
     Args:
         sets: (N, C) or (exits, N, C) bool.
@@ -556,7 +726,7 @@ def class_conditional_coverage(sets: torch.Tensor, labels: torch.Tensor) -> torc
         (C,) or (exits, C) float64.
     """
     _check_sets("sets", sets)
-    _check_labels("labels", labels, sets.shape[-2], sets.shape[-1])
+    check_labels("labels", labels, sets.shape[-2], sets.shape[-1])
     labels = labels.to(sets.device)
     hit = sets.gather(-1, labels.expand(sets.shape[:-1]).unsqueeze(-1)).squeeze(-1).double()  # (..., N)
     one_hot = torch.nn.functional.one_hot(labels, sets.shape[-1]).double()  # (N, C)
@@ -565,7 +735,9 @@ def class_conditional_coverage(sets: torch.Tensor, labels: torch.Tensor) -> torc
 
 
 def nestedness(sets: torch.Tensor) -> torch.Tensor:
-    """Jazbec et al.'s N(t): mean over examples of |C_1 ∩ ... ∩ C_t| / |C_t| (1 for an empty C_t); 1 iff nested.
+    """Jazbec et al.'s N(t): mean over examples of |C_1 ∩ ... ∩ C_t| / |C_t|; 1 iff nested.
+
+    Convention: an empty C_t counts as 1 (no label came back), so abstentions do not lower N(t).
 
     Args:
         sets: (exits, N, C) bool.
@@ -597,24 +769,107 @@ def non_nested_examples(sets: torch.Tensor) -> torch.Tensor:
     return (sets[1:] & ruled_out_before).any(dim=-1).any(dim=0)
 
 
-def set_metrics(sets: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every per-exit metric of a family of sets.
+def _floats(values: torch.Tensor | np.ndarray) -> tuple[float, ...]:
+    return tuple(float(v) for v in (values.cpu() if isinstance(values, torch.Tensor) else values))
+
+
+@dataclass(frozen=True)
+class SetMetrics:
+    """Per-exit metrics of one family of sets (or intervals) on one evaluation split.
+
+    Attributes:
+        coverage: share of labels in C_t, per exit.
+        size: mean |C_t| (or interval width) per exit; empty sets count 0.
+        empty_rate: share of empty C_t per exit.
+        nestedness: N(t) per exit (1 for an empty C_t).
+        all_exit_coverage: share of labels in C_1, ..., C_t all, per exit (coverage of the running intersection).
+        returning: share of examples for which a label (a value) ruled out at an earlier exit comes back.
+        worst_class_coverage: the lowest per-class coverage at the last exit (NaN for regression).
+    """
+
+    coverage: tuple[float, ...]
+    size: tuple[float, ...]
+    empty_rate: tuple[float, ...]
+    nestedness: tuple[float, ...]
+    all_exit_coverage: tuple[float, ...]
+    returning: float
+    worst_class_coverage: float = math.nan
+
+
+def set_metrics(sets: torch.Tensor, labels: torch.Tensor) -> SetMetrics:
+    """Every metric of a family of classification sets.
 
     Args:
         sets: (exits, N, C) bool.
         labels: (N,) labels.
 
     Returns:
-        {"coverage", "size", "empty_rate", "nestedness", "all_exit_coverage"}: (exits,) tensors, where
-        all_exit_coverage[t] is the fraction of examples covered at every exit up to t.
+        SetMetrics.
     """
-    return {
-        "coverage": coverage(sets, labels),
-        "size": mean_size(sets),
-        "empty_rate": empty_rate(sets),
-        "nestedness": nestedness(sets),
-        "all_exit_coverage": coverage(running_intersection(sets), labels),
-    }
+    per_class = class_conditional_coverage(sets[-1], labels)
+    return SetMetrics(
+        _floats(coverage(sets, labels)), _floats(mean_size(sets)), _floats(empty_rate(sets)), _floats(nestedness(sets)),
+        _floats(coverage(running_intersection(sets), labels)), float(non_nested_examples(sets).double().mean()),
+        float(per_class[~per_class.isnan()].min()),
+    )
+
+
+@dataclass(frozen=True)
+class MethodSummary:
+    """One method over many calibration/evaluation splits.
+
+    Attributes:
+        method: its name.
+        splits: how many splits.
+        coverage, coverage_std, size, size_std, empty_rate, nestedness: per exit, mean (and std) over splits.
+        all_exit_coverage, all_exit_coverage_std: the share covered at every exit (last exit of the running
+            intersection), mean and std over splits.
+        share_below_target: share of splits whose all-exit coverage is below 1 - alpha.
+        returning: mean share of examples with a label that comes back.
+        worst_class_coverage: mean over splits of the worst class's coverage at the last exit.
+    """
+
+    method: str
+    splits: int
+    coverage: tuple[float, ...]
+    coverage_std: tuple[float, ...]
+    size: tuple[float, ...]
+    size_std: tuple[float, ...]
+    empty_rate: tuple[float, ...]
+    nestedness: tuple[float, ...]
+    all_exit_coverage: float
+    all_exit_coverage_std: float
+    share_below_target: float
+    returning: float
+    worst_class_coverage: float
+
+
+def summarize_splits(method: str, metrics: Sequence[SetMetrics], alpha: float) -> MethodSummary:
+    """Means and standard deviations over splits of one method's SetMetrics.
+
+    Args:
+        method: the method's name.
+        metrics: one SetMetrics per split.
+        alpha: the target miscoverage (share_below_target counts splits below 1 - alpha).
+
+    Returns:
+        MethodSummary (std is 0 for one split).
+    """
+    alpha = check_alpha(alpha)
+    if not metrics:
+        raise ValueError("metrics is empty: nothing to summarise")
+
+    def stat(field: str) -> tuple[np.ndarray, np.ndarray]:
+        values = np.asarray([getattr(m, field) for m in metrics], dtype=float)
+        return values.mean(axis=0), (values.std(axis=0, ddof=1) if len(metrics) > 1 else np.zeros_like(values[0]))
+
+    (cov, cov_std), (size, size_std) = stat("coverage"), stat("size")
+    all_exit = np.asarray([m.all_exit_coverage[-1] for m in metrics])
+    return MethodSummary(
+        method, len(metrics), _floats(cov), _floats(cov_std), _floats(size), _floats(size_std), _floats(stat("empty_rate")[0]),
+        _floats(stat("nestedness")[0]), float(all_exit.mean()), float(all_exit.std(ddof=1)) if len(metrics) > 1 else 0.0,
+        float((all_exit < 1 - alpha).mean()), float(stat("returning")[0]), float(stat("worst_class_coverage")[0]),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -757,7 +1012,7 @@ def avcs_quadratic_intervals(
     Returns:
         lower, upper: (exits, N) float64; empty intervals are (+inf, -inf).
     """
-    _check_alpha(alpha)
+    alpha = check_alpha(alpha)
     _check_exit_matrix("pred_mean", pred_mean)
     for name, value in (("pred_var", pred_var), ("sampled_mean", sampled_mean)):
         _check_exit_matrix(name, value, tuple(pred_mean.shape))
@@ -820,8 +1075,7 @@ def avcs_intervals(
     """
     _check_exit_matrix("pred_mean", pred_mean)
     _check_exit_matrix("epistemic_var", epistemic_var, tuple(pred_mean.shape))
-    if not isinstance(num_parallel, int) or num_parallel < 1:
-        raise ValueError(f"num_parallel must be an int >= 1, got {num_parallel!r}")
+    num_parallel = check_int("num_parallel", num_parallel, minimum=1)
     mu, ev = pred_mean.double(), epistemic_var.double().clamp(min=0)
     s2 = _per_exit("noise_var", noise_var, mu.shape[0], mu)
     lower = torch.full_like(mu, -math.inf)
@@ -845,7 +1099,7 @@ def credible_intervals(pred_mean: torch.Tensor, pred_var: torch.Tensor, alpha: f
     Returns:
         lower, upper: (exits, N) float64.
     """
-    _check_alpha(alpha)
+    alpha = check_alpha(alpha)
     _check_exit_matrix("pred_mean", pred_mean)
     _check_exit_matrix("pred_var", pred_var, tuple(pred_mean.shape))
     z = float(torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(1 - alpha / 2)))
@@ -853,22 +1107,25 @@ def credible_intervals(pred_mean: torch.Tensor, pred_var: torch.Tensor, alpha: f
     return pred_mean.double() - half, pred_mean.double() + half
 
 
-def interval_metrics(lower: torch.Tensor, upper: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Coverage, mean width (empty = 0), empty rate, nestedness N(t) and all-exit coverage of intervals.
+def interval_metrics(lower: torch.Tensor, upper: torch.Tensor, targets: torch.Tensor) -> SetMetrics:
+    """Coverage, mean width (empty = 0), empty rate, nestedness N(t), all-exit coverage and returning share of
+    intervals.
 
-    N(t) is the mean over examples of width(I_1 ∩ ... ∩ I_t) / width(I_t), 1 when I_t is empty.
+    N(t) is the mean over examples of width(I_1 ∩ ... ∩ I_t) / width(I_t), 1 when I_t is empty. An example
+    "returns" when some I_t holds values outside I_1 ∩ ... ∩ I_{t-1}.
 
     Args:
         lower, upper: (exits, N).
         targets: (N,) true values.
 
     Returns:
-        {"coverage", "size", "empty_rate", "nestedness", "all_exit_coverage"}: (exits,) float64 tensors ("size" is
-        the mean width).
+        SetMetrics ("size" is the mean width; worst_class_coverage is NaN).
     """
     _check_exit_matrix("lower", lower)
     _check_exit_matrix("upper", upper, tuple(lower.shape))
-    _check_labels("targets", targets, lower.shape[1])
+    check_tensor("targets", targets, dims=(1,), what=f"({lower.shape[1]},)")
+    if targets.shape[0] != lower.shape[1]:
+        raise ValueError(f"targets must have shape ({lower.shape[1]},), got {tuple(targets.shape)}")
     y = targets.double().to(lower.device)
     lower, upper = lower.double(), upper.double()
     empty = lower > upper
@@ -876,13 +1133,89 @@ def interval_metrics(lower: torch.Tensor, upper: torch.Tensor, targets: torch.Te
     run_lower, run_upper = interval_running_intersection(lower, upper)
     run_width = (run_upper - run_lower).clamp(min=0)
     nested = torch.where(width > 0, run_width / width.where(width > 0, torch.ones_like(width)), torch.ones_like(width))
-    return {
-        "coverage": ((lower <= y) & (y <= upper)).double().mean(dim=1),
-        "size": width.mean(dim=1),
-        "empty_rate": empty.double().mean(dim=1),
-        "nestedness": nested.mean(dim=1),
-        "all_exit_coverage": ((run_lower <= y) & (y <= run_upper)).double().mean(dim=1),
-    }
+    before_empty = run_lower[:-1] > run_upper[:-1]
+    grows = ~empty[1:] & (before_empty | (lower[1:] < run_lower[:-1]) | (upper[1:] > run_upper[:-1]))
+    return SetMetrics(
+        _floats(((lower <= y) & (y <= upper)).double().mean(dim=1)), _floats(width.mean(dim=1)), _floats(empty.double().mean(dim=1)),
+        _floats(nested.mean(dim=1)), _floats(((run_lower <= y) & (y <= run_upper)).double().mean(dim=1)),
+        float(grows.any(dim=0).double().mean()),
+    )
+
+
+@dataclass(frozen=True)
+class ExitPredictive:
+    """Bayesian linear regression heads' predictions at every exit.
+
+    Attributes:
+        mean: (exits, N) posterior predictive means.
+        epistemic_var: (exits, N) h^T Sigma h.
+        noise_var: (exits,) each head's noise variance.
+        prior_std: (exits,) each head's prior standard deviation.
+    """
+
+    mean: torch.Tensor
+    epistemic_var: torch.Tensor
+    noise_var: torch.Tensor
+    prior_std: torch.Tensor
+
+
+def bayesian_exit_predictive(train_features: Sequence[torch.Tensor], train_targets: torch.Tensor,
+                             features: Sequence[torch.Tensor]) -> ExitPredictive:
+    """Fits a Bayesian linear regression head on every exit's training features and predicts at `features`.
+
+    Args:
+        train_features: one (N_train, D_t) tensor per exit (kd.exits.exit_feature_vectors in eval mode).
+        train_targets: (N_train,) targets.
+        features: one (N, D_t) tensor per exit, where to predict.
+
+    Returns:
+        ExitPredictive (float64, CPU).
+    """
+    if len(train_features) != len(features) or not features:
+        raise ValueError(f"train_features and features must hold one tensor per exit each, got {len(train_features)} and {len(features)}")
+    heads = [fit_bayesian_linear_regression(h.cpu(), train_targets.cpu()) for h in train_features]
+    means, epistemic = zip(*(head.predictive(h.cpu()) for head, h in zip(heads, features)))
+    return ExitPredictive(torch.stack(means), torch.stack(epistemic), torch.tensor([h.noise_std**2 for h in heads], dtype=torch.float64),
+                          torch.tensor([h.prior_std for h in heads], dtype=torch.float64))
+
+
+def regression_intervals(predictive: ExitPredictive, alpha: float, *, seed: int = 0, num_parallel: int = 1) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per-exit credible intervals ("Bayes"), their running intersection ("Bayes ∩") and AVCS intervals ("AVCS").
+
+    Args:
+        predictive: bayesian_exit_predictive(...).
+        alpha: miscoverage level.
+        seed: seed of AVCS's posterior draws.
+        num_parallel: AVCS's parallel copies.
+
+    Returns:
+        method -> (lower, upper), each (exits, N).
+    """
+    pred_var = predictive.epistemic_var + predictive.noise_var[:, None]
+    bayes = credible_intervals(predictive.mean, pred_var, alpha)
+    avcs = avcs_intervals(predictive.mean, predictive.epistemic_var, predictive.noise_var, alpha,
+                          generator=torch.Generator().manual_seed(seed), num_parallel=num_parallel)
+    return {"Bayes": bayes, "Bayes ∩": interval_running_intersection(*bayes), "AVCS": avcs}
+
+
+def empty_share_by_region(grid_x: torch.Tensor, lower: torch.Tensor, upper: torch.Tensor, train_x: torch.Tensor) -> tuple[float, float]:
+    """The last exit's empty rate on grid points inside and outside the range of the training inputs.
+
+    Args:
+        grid_x: (G,) grid of inputs.
+        lower, upper: (exits, G) intervals on the grid.
+        train_x: (N, 1) training inputs.
+
+    Returns:
+        (inside, outside) shares of empty intervals (NaN where the region has no grid point).
+    """
+    inside = (grid_x >= train_x.min()) & (grid_x <= train_x.max())
+    empty = (lower[-1] > upper[-1]).double()
+
+    def share(mask: torch.Tensor) -> float:
+        return float(empty[mask].mean()) if bool(mask.any()) else math.nan
+
+    return share(inside), share(~inside)
 
 
 def wiggle_function(x: torch.Tensor) -> torch.Tensor:
@@ -909,3 +1242,34 @@ def wiggle_data(n: int = 900, *, noise_std: float = 0.25, seed: int = 0) -> tupl
     x = torch.as_tensor(rng.normal(5.0, 2.5, size=n), dtype=torch.float32)
     y = wiggle_function(x) + noise_std * torch.as_tensor(rng.normal(size=n), dtype=torch.float32)
     return x[:, None], y
+
+
+@dataclass(frozen=True)
+class WiggleSplits:
+    """Wiggle data split 80/20 and standardised by the training split's mean and std (x: (N, 1), y: (N,))."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    x_mean: float
+    x_std: float
+    y_mean: float
+    y_std: float
+
+
+def wiggle_splits(n: int, *, noise_std: float = 0.25, seed: int = 0) -> WiggleSplits:
+    """Draws the wiggle data, holds out a random 20% as the test split and standardises x and y by the training split.
+
+    Args:
+        n: number of points.
+        noise_std: standard deviation of the noise.
+        seed: seed of the data and of the split.
+
+    Returns:
+        WiggleSplits (CPU tensors).
+    """
+    x, y = wiggle_data(n, noise_std=noise_std, seed=seed)
+    test, train = calibration_split(n, 0.2, seed=seed)
+    xm, xs, ym, ys = float(x[train].mean()), float(x[train].std()), float(y[train].mean()), float(y[train].std())
+    return WiggleSplits((x[train] - xm) / xs, (y[train] - ym) / ys, (x[test] - xm) / xs, (y[test] - ym) / ys, xm, xs, ym, ys)

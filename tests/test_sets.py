@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kdteach import sets as S
-from kdteach.experiments.sets import calibration_split, compare_sets
+from kdteach.sets import calibration_split
 
 
 def synthetic_logits(n: int, classes: int = 6, exits: int = 4, *, seed: int = 0, scale: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,29 +176,143 @@ def confident_logits(n: int, classes: int = 6, exits: int = 4, *, seed: int = 0)
     return torch.stack([(4 + 2 * t) * one_hot + 1.5 * torch.randn(n, classes, generator=g) for t in range(exits)]), labels
 
 
-def test_fit_avcs_thresholds_keep_calibration_coverage_and_depend_only_on_it():
+def test_fit_avcs_thresholds_reach_the_conformal_rank_and_depend_only_on_the_calibration_split():
     logits, labels = confident_logits(400, seed=5)
     calib = slice(0, 150)
-    taus = S.fit_avcs_thresholds(logits[:, calib], labels[calib], 0.1, seed=3)
-    assert (taus >= 1.0).all() and taus.shape == (4,) and (taus > 1.0).any()
-    sets = S.avcs_sets(logits[:, calib], taus, 0.1, generator=torch.Generator().manual_seed(3))
-    assert float(S.coverage(sets[-1], labels[calib])) >= 0.9
+    fit = S.fit_avcs_thresholds(logits[:, calib], labels[calib], 0.1, seed=3, draws=4)
+    assert fit.feasible and fit.thresholds == (fit.tau,) * 4 and fit.tau > 1.0
+    assert fit.required_coverage == math.ceil(151 * 0.9) / 150
+    assert fit.required_coverage <= fit.calibration_coverage <= fit.floor_coverage
     torch.manual_seed(999)
-    again = S.fit_avcs_thresholds(logits[:, calib].clone(), labels[calib].clone(), 0.1, seed=3)
-    assert torch.equal(taus, again)
+    again = S.fit_avcs_thresholds(logits[:, calib].clone(), labels[calib].clone(), 0.1, seed=3, draws=4)
+    assert again == fit
 
 
-def test_compare_sets_thresholds_ignore_the_evaluation_split():
+def test_fit_avcs_thresholds_picks_the_largest_candidate_whose_survivors_reach_the_rank():
+    # By hand, with one draw: recompute each calibration example's survival along the candidates from the sets.
+    logits, labels = confident_logits(60, exits=3, seed=8)
+    alpha, start, step = 0.2, 1.0, 0.5
+    fit = S.fit_avcs_thresholds(logits, labels, alpha, start=start, step=step, seed=4, draws=1)
+    needed = math.ceil(61 * (1 - alpha))
+    # the same Gamma draws for every candidate: sample once at the smallest support, as the fit does
+    gamma = S._gamma_draws(logits.double(), logits.double() >= start, 1, torch.Generator().manual_seed(4))
+    alive = torch.ones(60, dtype=torch.bool)
+    best = None
+    for j in range(40):
+        tau = start + step * j
+        support = logits.double() >= tau
+        inside = S._avcs_log_ratios(logits.double(), support, gamma)[0] <= math.log(1 / alpha)
+        alive &= inside.all(dim=0)[torch.arange(60), labels]
+        if int(alive.sum()) >= needed:
+            best = tau
+    assert best is not None and fit.tau == best
+
+
+def test_fitted_avcs_covers_at_every_exit_over_many_splits_when_labels_follow_the_model():
+    # Labels drawn from the model's own predictive distribution: every exit's Dirichlet has the same mean a / sum(a),
+    # later exits with larger concentrations (more certain of it), and y ~ Categorical(a / sum(a)). Over 100 random
+    # calibration/evaluation splits, the mean share of evaluation labels covered at every exit must reach
+    # 1 - alpha (up to 0.01 of split noise), although the fit raises tau well above 1.
+    g = torch.Generator().manual_seed(11)
+    n, classes, alpha = 300, 5, 0.05
+    clean = 1.0 + 10.0 * torch.rand(n, classes, generator=g)
+    labels = torch.multinomial(clean / clean.sum(1, keepdim=True), 1, generator=g).squeeze(1)
+    logits = torch.stack([scale * clean for scale in (1.0, 1.5, 2.0)])
+    covered, feasible, taus = [], [], []
+    for split in range(100):
+        calib, evaluation = calibration_split(n, 1 / 3, seed=split)
+        fit = S.fit_avcs_thresholds(logits[:, calib], labels[calib], alpha, seed=split, draws=5)
+        sets = S.avcs_sets(logits[:, evaluation], fit.thresholds, alpha, generator=torch.Generator().manual_seed(10_000 + split))
+        covered.append(float(S.coverage(sets[-1], labels[evaluation])))  # nested: the last exit is the all-exit share
+        feasible.append(fit.feasible)
+        taus.append(fit.tau)
+    assert all(feasible) and np.mean(taus) > 1.5  # the rule did raise tau (from 1), and sets shrank
+    assert float(np.mean(covered)) >= 1 - alpha - 0.01
+
+
+def test_fit_avcs_thresholds_warns_and_keeps_the_floor_when_no_threshold_qualifies():
+    logits, labels = confident_logits(30, seed=1)
+    with pytest.warns(UserWarning, match="required"):
+        fit = S.fit_avcs_thresholds(logits, labels, 0.01, draws=2)  # ceil(31 * 0.99) = 31 > 30: impossible
+    assert not fit.feasible and fit.tau == 1.0 and fit.required_coverage > 1
+
+
+def test_parallel_avcs_is_the_intersection_of_its_copies():
+    logits, _ = confident_logits(80, seed=2)
+    one = [S.avcs_sets(logits, [1.0] * 4, 0.1, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    both = S.avcs_sets(logits, [1.0] * 4, 0.1, generator=torch.Generator().manual_seed(0), num_parallel=3)
+    assert S.mean_size(both)[-1] <= min(float(S.mean_size(o)[-1]) for o in one) + 1e-12
+    assert torch.equal(S.nestedness(both), torch.ones(4, dtype=torch.float64))
+
+
+def test_method_sets_fit_on_the_calibration_split_only_and_make_every_method():
     logits, labels = confident_logits(500, seed=6)
     calib, evaluation = calibration_split(500, 0.2, seed=0)
-    result = compare_sets(logits, labels, seed=0)
-    scrambled_logits, scrambled_labels = logits.clone(), labels.clone()
-    scrambled_labels[evaluation] = torch.randint(0, 6, (len(evaluation),), generator=torch.Generator().manual_seed(1))
-    scrambled_logits[:, evaluation] = torch.randn(4, len(evaluation), 6)
-    other = compare_sets(scrambled_logits, scrambled_labels, seed=0)
-    for method in ("LAC", "RAPS", "AVCS"):
-        assert torch.equal(result["thresholds"][method], other["thresholds"][method])
-    assert torch.equal(result["sets"]["AVCS"], S.running_intersection(result["sets"]["AVCS"]))
+    result = S.method_sets(logits[:, calib], labels[calib], logits[:, evaluation], 0.1, seed=0, avcs_draws=2)
+    scrambled = torch.randn(4, len(evaluation), 6)
+    other = S.method_sets(logits[:, calib], labels[calib], scrambled, 0.1, seed=0, avcs_draws=2)
+    assert other.avcs == result.avcs
+    for name in S.CONFORMAL_METHODS:
+        assert torch.equal(result.quantiles[name], other.quantiles[name])
+    expected = [m for name in [*S.CONFORMAL_METHODS, "Bayes"] for m in (name, f"{name} ∩")] + ["AVCS"]
+    assert list(result.sets) == expected
+    assert torch.equal(result.sets["AVCS"], S.running_intersection(result.sets["AVCS"]))
+    assert torch.equal(result.sets["RAPS ∩"], S.running_intersection(result.sets["RAPS"]))
+
+
+# --- RAPS's u, APS's empty sets, Bayes credible sets --------------------------------------------------------------
+
+
+def test_shared_u_draws_one_uniform_per_example_for_every_exit():
+    probs = torch.softmax(torch.randn(3, 50, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), dim=-1)
+    shared = S.raps_scores(probs, shared_u=True, generator=torch.Generator().manual_seed(1))
+    u = torch.rand((1, 50, 1), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    plain = S.raps_scores(probs, randomized=False)
+    assert torch.allclose(shared, plain - (1 - u) * probs)
+    # identical exits: shared u gives identical sets at every exit (nested), fresh u makes labels come back
+    same = probs[:1].expand(4, 50, 6).contiguous()
+    q = torch.full((4,), 0.6)
+    g = torch.Generator().manual_seed(2)
+    shared_sets = S.conformal_sets(same.log(), q, shared_u=True, generator=g)
+    fresh_sets = S.conformal_sets(same.log(), q, generator=g)
+    assert not S.non_nested_examples(shared_sets).any() and S.non_nested_examples(fresh_sets).any()
+
+
+def test_non_randomized_aps_is_empty_exactly_when_the_threshold_is_below_the_top_probability():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.4, 0.35, 0.25]], dtype=torch.float64)
+    sets = S.conformal_sets(probs.log(), 0.5, score="aps", randomized=False)
+    assert sets.tolist() == [[False, False, False], [True, False, False]]  # 0.7 > 0.5: empty; 0.4 <= 0.5: {0}
+    assert S.conformal_sets(probs.log(), 0.71, score="aps", randomized=False)[0].tolist() == [True, False, False]
+
+
+def test_credible_sets_take_labels_by_probability_until_the_mass_reaches_one_minus_alpha():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.96, 0.02, 0.01, 0.01]], dtype=torch.float64)
+    sets = S.credible_sets(probs.log(), 0.1)
+    assert sets.tolist() == [[True, True, True, False], [True, False, False, False]]  # 0.5 + 0.3 < 0.9 <= 0.95
+    # when labels follow the softmax, coverage is at least 1 - alpha on average (the set's mass is >= 1 - alpha)
+    g = torch.Generator().manual_seed(3)
+    logits = 2 * torch.randn(2, 20000, 6, generator=g)
+    labels = torch.multinomial(torch.softmax(logits[-1], -1), 1, generator=g).squeeze(1)
+    credible = S.credible_sets(logits, 0.1)
+    assert float(S.coverage(credible[-1], labels)) >= 0.9 - 0.01 and bool(credible.any(-1).all())
+
+
+def test_conformal_functions_refuse_non_finite_values_and_empty_batches():
+    logits, labels = synthetic_logits(40, seed=0)
+    bad = logits.clone()
+    bad[0, 3, 2] = math.nan
+    with pytest.raises(ValueError, match="calib_logits holds 1 non-finite"):
+        S.fit_conformal_thresholds(bad, labels, 0.1)
+    with pytest.raises(ValueError, match="probs holds"):
+        S.lac_scores(torch.tensor([[0.5, math.inf]]))
+    with pytest.raises(ValueError, match="exit_logits holds"):
+        S.avcs_sets(bad, [1.0] * 4, 0.1, generator=torch.Generator())
+    with pytest.raises(ValueError, match="logits is empty"):
+        S.conformal_sets(logits[:, :0], torch.ones(4), score="lac")
+    with pytest.raises(ValueError, match="calib_logits is empty"):
+        S.fit_avcs_thresholds(logits[:, :0], labels[:0], 0.1)
+    with pytest.raises(ValueError, match="scores is empty"):
+        S.conformal_threshold(torch.zeros(0), 0.1)
 
 
 # --- metrics -----------------------------------------------------------------------------------------------------
@@ -221,7 +335,20 @@ def test_metrics_on_a_hand_made_example():
     assert S.nestedness(sets).tolist() == pytest.approx([1.0, (1 / 2 + 1 / 3 + 0) / 3])
     per_class = S.class_conditional_coverage(sets, labels)
     assert per_class.tolist() == [[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]]
-    assert S.set_metrics(sets, labels)["all_exit_coverage"].tolist() == pytest.approx([2 / 3, 2 / 3])
+    m = S.set_metrics(sets, labels)
+    assert m.all_exit_coverage == pytest.approx((2 / 3, 2 / 3)) and m.size == (1.0, 2.0) and m.worst_class_coverage == 1.0
+    assert m.returning == 1.0  # at exit 2, example 0 gains label 2, example 1 labels 0 and 2, example 2 (empty before) label 2
+
+
+def test_summarize_splits_matches_numpy():
+    rng = np.random.default_rng(0)
+    metrics = [S.SetMetrics(tuple(rng.random(3)), tuple(rng.random(3)), (0.0,) * 3, (1.0,) * 3, tuple(rng.random(3)), 0.1, 0.5) for _ in range(7)]
+    summary = S.summarize_splits("m", metrics, 0.5)
+    cov = np.array([m.coverage for m in metrics])
+    last = np.array([m.all_exit_coverage[-1] for m in metrics])
+    assert summary.coverage == pytest.approx(tuple(cov.mean(0))) and summary.coverage_std == pytest.approx(tuple(cov.std(0, ddof=1)))
+    assert summary.all_exit_coverage == pytest.approx(last.mean()) and summary.share_below_target == pytest.approx((last < 0.5).mean())
+    assert summary.splits == 7 and summary.returning == pytest.approx(0.1)
 
 
 def test_non_nested_examples_flags_labels_that_come_back():
@@ -292,7 +419,8 @@ def test_avcs_intervals_are_nested_and_empty_stays_empty():
     assert not (empty[:-1] & ~empty[1:]).any()
     ok = ~empty[1:]
     assert (lower[1:] >= lower[:-1])[ok].all() and (upper[1:] <= upper[:-1])[ok].all()
-    assert torch.equal(S.interval_metrics(lower, upper, mean[-1])["nestedness"], torch.ones(6, dtype=torch.float64))
+    m = S.interval_metrics(lower, upper, mean[-1])
+    assert m.nestedness == (1.0,) * 6 and m.returning == 0.0
 
 
 def test_interval_running_intersection_and_metrics():
@@ -301,10 +429,11 @@ def test_interval_running_intersection_and_metrics():
     run_lower, run_upper = S.interval_running_intersection(lower, upper)
     assert run_lower.tolist() == [[0.0, 0.0], [1.0, 3.0]] and run_upper.tolist() == [[2.0, 2.0], [2.0, 2.0]]
     m = S.interval_metrics(lower, upper, torch.tensor([1.5, 3.5]))
-    assert m["coverage"].tolist() == pytest.approx([0.5, 1.0])
-    assert m["size"].tolist() == pytest.approx([2.0, 1.5])
-    assert m["nestedness"].tolist() == pytest.approx([1.0, (0.5 + 0.0) / 2])
-    assert m["all_exit_coverage"].tolist() == pytest.approx([0.5, 0.5])
+    assert m.coverage == pytest.approx((0.5, 1.0))
+    assert m.size == pytest.approx((2.0, 1.5))
+    assert m.nestedness == pytest.approx((1.0, (0.5 + 0.0) / 2))
+    assert m.all_exit_coverage == pytest.approx((0.5, 0.5))
+    assert m.returning == 1.0  # [1, 3] reaches beyond [0, 2]; [3, 4] is outside it altogether
 
 
 def test_credible_intervals_cover_gaussian_data_at_the_nominal_rate():
@@ -384,5 +513,7 @@ def test_shape_mismatches_and_wrong_thresholds_are_refused():
         S.avcs_intervals(torch.zeros(2, 3), torch.ones(2, 3), [1.0, 1.0, 1.0], 0.1, generator=torch.Generator())
     with pytest.raises(ValueError, match="draws"):
         S.fit_avcs_thresholds(logits, labels, 0.1, draws=0)
+    with pytest.raises(ValueError, match="fraction"):
+        calibration_split(50, 1.0)
     with pytest.raises(ValueError, match="targets"):
         S.fit_bayesian_linear_regression(torch.zeros(5, 2), torch.zeros(4))

@@ -9,6 +9,8 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from kdteach.exits import ECE_BINS, reliability_bins
+
 __all__ = [
     "plot_accuracy_vs_compute",
     "plot_reliability",
@@ -20,28 +22,22 @@ __all__ = [
 METRIC_TITLES = {"coverage": "coverage", "size": "mean size (labels, or interval width)", "empty_rate": "empty rate", "nestedness": "nestedness N(t)"}
 
 
-def plot_accuracy_vs_compute(
-    curves: Mapping[str, Sequence[Mapping[str, float]]],
-    costs: Mapping[str, Sequence[Mapping[str, Any]]],
-    accuracies: Mapping[str, torch.Tensor],
-) -> Figure:
+def plot_accuracy_vs_compute(models: Sequence[Any]) -> Figure:
     """Accuracy against mean multiply-accumulates: each exit alone (anytime prediction) and the
     confidence-threshold policy over its thresholds, for each model.
 
     Args:
-        curves: model name -> kd.exits.threshold_curve(...) rows.
-        costs: model name -> kd.exits.exit_costs(...).
-        accuracies: model name -> (exits,) accuracy per exit.
+        models: kdteach.experiments.exits.ModelResult-like objects: .model (a name), .exits (each with .macs and
+            .accuracy) and .policy (kd.exits.PolicyPoint).
 
     Returns:
         The figure.
     """
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for (name, curve), color in zip(curves.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
-        macs = [c["macs"] / 1e3 for c in costs[name]]
-        ax.plot(macs, [100 * float(a) for a in accuracies[name]], "o--", color=color, label=f"{name}: exit alone")
-        points = sorted((row["mean_macs"] / 1e3, 100 * row["accuracy"]) for row in curve)
-        ax.plot(*zip(*points), "-", color=color, alpha=0.8, label=f"{name}: confidence threshold")
+    for m, color in zip(models, plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        ax.plot([e.macs / 1e3 for e in m.exits], [100 * e.accuracy for e in m.exits], "o--", color=color, label=f"{m.model}: exit alone")
+        points = sorted((p.mean_macs / 1e3, 100 * p.accuracy) for p in m.policy)
+        ax.plot(*zip(*points), "-", color=color, alpha=0.8, label=f"{m.model}: confidence threshold")
     ax.set_xlabel("multiply-accumulates per example (thousands)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("Accuracy against compute")
@@ -51,35 +47,36 @@ def plot_accuracy_vs_compute(
     return fig
 
 
-def plot_reliability(exit_logits: torch.Tensor, labels: torch.Tensor, *, bins: int = 10, names: Sequence[str] | None = None) -> Figure:
-    """Reliability diagram per exit: accuracy against mean confidence in equal-width confidence bins.
+def plot_reliability(exit_logits: torch.Tensor, labels: torch.Tensor, *, bins: int = ECE_BINS, min_count: int = 10,
+                     names: Sequence[str] | None = None) -> Figure:
+    """Reliability diagram per exit: accuracy against mean confidence in the ECE's equal-width confidence bins.
+
+    Bins with fewer than min_count examples say little (one example is 0% or 100% accurate): they are drawn as
+    small hollow markers, not joined to the line.
 
     Args:
         exit_logits: (exits, N, C).
         labels: (N,).
-        bins: number of bins.
+        bins: number of bins (default: the ECE's, kd.exits.ECE_BINS).
+        min_count: bins with fewer examples are only marked.
         names: a label per exit (default "exit 1", ...).
 
     Returns:
         The figure.
     """
-    exits = exit_logits.shape[0]
-    names = list(names) if names is not None else [f"exit {t + 1}" for t in range(exits)]
-    confidence, prediction = torch.softmax(exit_logits.double(), dim=-1).max(dim=-1)
-    correct = (prediction == labels.to(exit_logits.device)).double()
-    which = (confidence * bins).long().clamp(max=bins - 1)
-    fig, ax = plt.subplots(figsize=(4.5, 4))
+    count, confidence, accuracy = (v.cpu() for v in reliability_bins(exit_logits, labels, bins=bins))
+    names = list(names) if names is not None else [f"exit {t + 1}" for t in range(len(count))]
+    fig, ax = plt.subplots(figsize=(4.8, 4))
     ax.plot([0, 1], [0, 1], ":", color="gray", label="calibrated")
-    for t in range(exits):
-        count = torch.bincount(which[t], minlength=bins).double()
-        mean_conf = torch.bincount(which[t], weights=confidence[t], minlength=bins) / count
-        accuracy = torch.bincount(which[t], weights=correct[t], minlength=bins) / count
-        keep = count > 0
-        ax.plot(mean_conf[keep].cpu(), accuracy[keep].cpu(), "o-", label=names[t])
+    for t, color in zip(range(len(count)), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3):
+        enough, few = count[t] >= min_count, (count[t] > 0) & (count[t] < min_count)
+        ax.plot(confidence[t][enough], accuracy[t][enough], "o-", color=color, label=names[t])
+        ax.plot(confidence[t][few], accuracy[t][few], "o", mfc="none", ms=4, color=color, alpha=0.6)
+    ax.plot([], [], "o", mfc="none", color="gray", label=f"bin with < {min_count} examples")
     ax.set_xlabel("confidence (top softmax probability)")
     ax.set_ylabel("accuracy")
-    ax.set_title("Reliability per exit")
-    ax.legend(fontsize=8)
+    ax.set_title(f"Reliability per exit ({bins} bins, as the ECE)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
