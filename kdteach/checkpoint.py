@@ -28,7 +28,17 @@ _ABSENT = "<absent>"
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read (truncated, corrupt, not a torch file)."""
+    """A checkpoint file that cannot be read (truncated, corrupt, not a torch file).
+
+    Attributes:
+        path: the file.
+        reason: what went wrong, in a few words (torch's first line).
+    """
+
+    def __init__(self, message: str, path: Path, reason: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
 
 
 def save_atomic(obj: Any, path: str | Path) -> None:
@@ -71,7 +81,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} is a folder, not a file; pass the path of a .pt file")
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file; pass the path of a .pt file", path, "a folder")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except PermissionError:
@@ -79,11 +89,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(
-            f"checkpoint {path} cannot be read ({reason}): it is truncated or corrupt, e.g. written by a run that "
-            "was killed before atomic saves. Delete it to train from scratch (fit(resume=True) sets it aside by itself)."
+            f"checkpoint {path} cannot be read ({reason}): the file is truncated or corrupt. Delete it and rerun; "
+            "fit(resume=True) moves such a file aside by itself and trains from scratch.", path, reason,
         ) from error
     if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint dict; delete it or pass another path")
+        what = f"a {type(state).__name__}, not a checkpoint dict"
+        raise CheckpointError(f"checkpoint {path} holds {what}; delete it or pass another path", path, what)
     return state
 
 

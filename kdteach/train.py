@@ -340,7 +340,8 @@ def restore_checkpoint(
         state = load_checkpoint(path, map_location=device)
     except CheckpointError as error:
         corrupt = set_aside(path)
-        warnings.warn(f"fit: moved the unreadable checkpoint {path} to {corrupt} and trains from scratch ({error})", stacklevel=3)
+        warnings.warn(f"fit: checkpoint {path} cannot be read ({error.reason}); moved it to {corrupt} and training "
+                      "from scratch", stacklevel=3)
         return None
     check_signature(path, state.get("signature"), signature)
     model.load_state_dict(state["model"])

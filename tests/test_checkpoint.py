@@ -95,7 +95,7 @@ def test_a_truncated_checkpoint_names_its_file(tmp_path):
     ckpt = tmp_path / "run.pt"
     run(ckpt, epochs=1)
     truncate(ckpt)
-    with pytest.raises(CheckpointError, match=rf"checkpoint {ckpt} cannot be read .*truncated or corrupt.*[Dd]elete it"):
+    with pytest.raises(CheckpointError, match=rf"checkpoint {ckpt} cannot be read .*truncated or corrupt\. Delete it"):
         load_checkpoint(ckpt)
     assert issubclass(CheckpointError, ValueError)
 
@@ -105,7 +105,7 @@ def test_resume_sets_a_corrupt_checkpoint_aside_and_trains_from_scratch(tmp_path
     run(ckpt, epochs=1)
     truncate(ckpt)
     cut = ckpt.read_bytes()
-    with pytest.warns(UserWarning, match=rf"{ckpt} to {ckpt}\.corrupt"):
+    with pytest.warns(UserWarning, match=rf"checkpoint {ckpt} cannot be read .*moved it to {ckpt}\.corrupt and training from scratch"):
         _, history = run(ckpt, epochs=1, resume=True)
     assert (tmp_path / "run.pt.corrupt").read_bytes() == cut  # kept for inspection, not deleted
     assert len(history.epochs) == 1
