@@ -361,3 +361,194 @@ def hinton_sentences(result: Any) -> list[str]:
     """Every sentence about a hinton.HintonResult, in the notebook's order."""
     return (hinton_headline_sentences(result.headline) + hinton_sweep_sentences(result.sweep)
             + hinton_omitted_sentences(result.omitted) + hinton_regularizer_sentences(result.regularizer))
+
+
+# Early exits (notebook 05) and prediction sets (notebook 06): the sentences, chosen by paired_comparison's verdict
+# or by a plain threshold stated in the sentence.
+
+
+def exit_sentences(result: Any, *, mode: str = "full", match_points: float = 0.5) -> list[str]:
+    """The findings of notebook 05, from an ExitsResult (kdteach.experiments.exits).
+
+    Exit-vs-exit and distilled-vs-plain differences go through paired_comparison over the training seeds; the
+    threshold policy is compared with the last exit by a stated margin; the early-exit path's spent MACs are set
+    beside the ideal count.
+
+    Args:
+        result: the ExitsResult (models: per model and seed, exits with accuracy, ece, macs; policy; early_exit).
+        mode: "smoke" adds the smoke-mode note.
+        match_points: how close (in accuracy points) the policy must come to the last exit to count as matching it.
+
+    Returns:
+        The sentences.
+    """
+    names = list(dict.fromkeys(m.model for m in result.models))
+    by_name = {name: [m for m in result.models if m.model == name] for name in names}
+    ref = by_name[names[0]]
+    first, exits = ref[0], len(ref[0].exits)
+    acc0, acc_last, macs = first.exits[0].accuracy, first.exits[-1].accuracy, [e.macs for e in first.exits]
+    lines = [f"{names[0]} (seed {first.seed}): exit 1 costs {macs[0] / macs[-1]:.1%} of the last exit's multiply-accumulates "
+             f"and is right on {acc0:.1%} of the test digits; the last exit on {acc_last:.1%}."]
+    mean_accuracy = [float(np.mean([m.exits[t].accuracy for m in ref])) for t in range(exits)]
+    best = int(np.argmax(mean_accuracy))
+    if best == exits - 1:
+        lines.append(f"The last exit has the highest accuracy ({mean_accuracy[-1]:.1%}, mean over {len(ref)} seed(s)).")
+    else:
+        c = paired_comparison({m.seed: m.exits[best].accuracy for m in ref}, {m.seed: m.exits[-1].accuracy for m in ref})
+        lines.append(comparison_sentence(c, what="test accuracy", ours=f"exit {best + 1}", reference="the last exit"))
+    from kdteach.exits import ECE_BINS
+
+    ece = [e.ece for e in first.exits]
+    lines.append(f"ECE ({ECE_BINS} equal-width bins) ranges from {min(ece):.1%} to {max(ece):.1%} "
+                 f"over exits (worst: exit {int(np.argmax(ece)) + 1}).")
+    matching = [p for p in first.policy if p.accuracy >= acc_last - match_points / 100]
+    if matching:
+        cheapest = min(matching, key=lambda p: p.mean_macs)
+        lines.append(f"The confidence-threshold policy at {cheapest.threshold:.2f} is within {match_points:g} points of the last exit "
+                     f"({cheapest.accuracy:.1%}) at {cheapest.mean_macs / macs[-1]:.0%} of its compute per example on average.")
+    for name in names[1:]:
+        other = {m.seed: m for m in by_name[name]}
+        for t in range(exits):
+            c = paired_comparison({s: m.exits[t].accuracy for s, m in other.items()}, {m.seed: m.exits[t].accuracy for m in ref})
+            lines.append(comparison_sentence(c, what=f"exit {t + 1} accuracy", ours=name, reference=names[0]))
+    run = result.early_exit
+    shares = ", ".join(f"{s:.0%}" for s in run.exit_shares)
+    same = math.isclose(run.spent_macs, run.ideal_macs, rel_tol=1e-9)
+    lines.append(f"Really stopping at confidence {run.threshold:g} (exits taken: {shares}): {run.spent_macs / 1e3:.1f}k MACs spent per "
+                 f"example, {run.spent_macs / run.full_macs:.0%} of the full network; the ideal count for these exits is "
+                 f"{run.ideal_macs / 1e3:.1f}k" + (", the same: no stage ran twice." if same else f", so {run.spent_macs - run.ideal_macs:.0f} MACs were spent beyond it.")
+                 + (" Its exits and predictions are the simulated policy's." if run.matches_simulated else " Its exits or predictions DIFFER from the simulated policy's."))
+    lines.append(f"Wall time here (median of {run.repeats} runs after a warm-up): {run.early_seconds * 1e3:.1f} ms stopping early, "
+                 f"{run.full_seconds * 1e3:.1f} ms for one full pass with every exit.")
+    return lines + ([smoke_note(mode)] if mode == "smoke" else [])
+
+
+def set_summary_rows(summaries: Sequence[Any]) -> list[dict[str, Any]]:
+    """One table row per method from kd.sets.MethodSummary's: coverage at the first and last exit and its minimum,
+    the share covered at every exit and the share of splits below the target, mean size (empty sets count 0) and
+    empty rate over exits (apart), the smallest N(t), the share with a returning label, the worst class."""
+    return [{
+        "method": s.method,
+        "coverage exit 1": s.coverage[0],
+        "coverage last exit": s.coverage[-1],
+        "min coverage over exits": min(s.coverage),
+        "covered at every exit": s.all_exit_coverage,
+        "splits below 1 - alpha": s.share_below_target,
+        "mean size (empty = 0)": float(np.mean(s.size)),
+        "empty rate": float(np.mean(s.empty_rate)),
+        "min N(t)": min(s.nestedness),
+        "label returns": s.returning,
+        "worst-class coverage (last exit)": s.worst_class_coverage,
+    } for s in summaries]
+
+
+def per_exit_rows(summaries: Sequence[Any], field: str) -> list[dict[str, Any]]:
+    """One row per exit, one column per method, of a per-exit field of MethodSummary ("coverage", "size", ...)."""
+    exits = len(getattr(summaries[0], field))
+    return [{"exit": t + 1, **{s.method: getattr(s, field)[t] for s in summaries}} for t in range(exits)]
+
+
+def _splits_sentence(c: Comparison, *, what: str, ours: str, reference: str, scale: float = 100.0, unit: str = " points") -> str:
+    # paired_comparison over random calibration splits of ONE trained model: its words come from c.verdict only, and
+    # the sentence says what the splits can and cannot show (they share the data, so the interval is optimistic).
+    if c.verdict == "too few seeds":
+        return f"{ours} - {reference} on {what}: {c.n} split(s) cannot decide whether there is a difference."
+    outcome = {"clearly higher": f"{ours} is clearly above {reference}", "clearly lower": f"{ours} is clearly below {reference}",
+               "no clear difference": "zero lies inside the interval: no clear difference"}[c.verdict]
+    return (f"{ours} - {reference} on {what}: {c.mean * scale:+.2f}{unit} on average over {c.n} random calibration splits of one "
+            f"trained model (95% interval {c.low * scale:+.2f} to {c.high * scale:+.2f}, above zero in {c.n_higher}): {outcome}.")
+
+
+def set_sentences(result: Any, *, mode: str = "full") -> list[str]:
+    """The findings of notebook 06's classification comparison, from a ClassificationResult (experiments.sets).
+
+    Coverage against the target 1 - alpha is a plain threshold on the mean over splits (stated in the sentence);
+    differences between methods go through paired_comparison over the splits.
+
+    Args:
+        result: the ClassificationResult (alpha, splits with per-method SetMetrics and AvcsFit, summaries, parallel).
+        mode: "smoke" adds the smoke-mode note.
+
+    Returns:
+        The sentences.
+    """
+    target, n = 1 - result.alpha, len(result.splits)
+    by = {s.method: s for s in result.summaries}
+    index = {m: i for i, m in enumerate(result.splits[0].methods)}
+
+    def per_split(method: str, get: Any) -> dict[int, float]:
+        return {sp.seed: float(get(sp.metrics[index[method]])) for sp in result.splits}
+
+    per_exit = [m for m in by if not m.endswith(" ∩") and m != "AVCS"]
+    listed = "; ".join(f"{m} {min(by[m].nestedness):.3f} / {by[m].returning:.1%}" for m in per_exit)
+    lines = [f"Per-exit sets, smallest N(t) / share of digits with a label that comes back (means over {n} splits): {listed}. "
+             "N(t) < 1 means not nested."]
+    returning = {m: per_split(m, lambda s: s.returning) for m in ("RAPS", "RAPS shared u", "RAPS no u")}
+    lines.append(_splits_sentence(paired_comparison(returning["RAPS"], returning["RAPS shared u"]), what="share of digits with a returning label",
+                                  ours="RAPS with a fresh u per exit", reference="RAPS with one u shared"))
+    lines.append(f"With one u shared, randomised RAPS changes across exits only through the exits' probabilities and thresholds: "
+                 f"its {by['RAPS shared u'].returning:.1%} of digits with a returning label is what the exits' disagreement does; "
+                 f"drawing u afresh at every exit adds {100 * (by['RAPS'].returning - by['RAPS shared u'].returning):+.1f} points. "
+                 f"Non-randomised RAPS (u = 1: larger sets, {np.mean(by['RAPS no u'].size):.2f} labels) has {by['RAPS no u'].returning:.1%}.")
+    inter = "; ".join(f"{m} ∩ {by[m + ' ∩'].all_exit_coverage:.1%} ({by[m + ' ∩'].share_below_target:.0%} of splits below)" for m in per_exit)
+    lines.append(f"Running intersections are nested by construction; their coverage at the last exit (= at every exit), against the "
+                 f"target {target:.0%}: {inter}.")
+    avcs = by["AVCS"]
+    taus = [sp.avcs.tau for sp in result.splits]
+    word = "reaching" if avcs.all_exit_coverage >= target else "short of"
+    lines.append(f"AVCS, threshold chosen by the conformal-rank rule: {avcs.all_exit_coverage:.1%} of evaluation digits covered at every exit "
+                 f"on average over {n} splits (standard deviation {avcs.all_exit_coverage_std:.1%}), {word} the target {target:.0%}; "
+                 f"{avcs.share_below_target:.0%} of single splits fall below it (the rule's guarantee is an average over splits). "
+                 f"tau {np.mean(taus):.2f} on average ({min(taus):g} to {max(taus):g}); smallest N(t) {min(avcs.nestedness):.3f}.")
+    infeasible = [sp.avcs for sp in result.splits if not sp.avcs.feasible]
+    if infeasible:
+        lines.append(f"In {len(infeasible)} of {n} splits not even tau = 1 kept enough calibration labels at every exit (at most "
+                     f"{max(f.floor_coverage for f in infeasible):.2%} against {infeasible[0].required_coverage:.2%} needed): there tau stays 1 "
+                     "without a guarantee, because the network's logits, not the threshold, cap AVCS's coverage.")
+    sizes = {m: per_split(m, lambda s: np.mean(s.size)) for m in ("AVCS", "RAPS")}
+    lines.append(_splits_sentence(paired_comparison(sizes["AVCS"], sizes["RAPS"]), what="mean set size over exits (labels; empty sets count 0)",
+                                  ours="AVCS", reference="per-exit RAPS", scale=1.0, unit=" labels")
+                 + f" Means: AVCS {np.mean(avcs.size):.2f}, RAPS {np.mean(by['RAPS'].size):.2f}, RAPS ∩ {np.mean(by['RAPS ∩'].size):.2f}.")
+    empties = ", ".join(f"{m} {np.mean(by[m].empty_rate):.1%}" for m in ("AVCS", "RAPS", "RAPS shared u", "APS", "LAC", "RAPS ∩"))
+    lines.append(f"Empty sets (abstentions), mean over exits and splits: {empties}.")
+    lines.append("Parallel AVCS (copies intersected, threshold fitted for the intersection): " + "; ".join(
+        f"{p.copies} cop{'y' if p.copies == 1 else 'ies'}: covered at every exit {p.summary.all_exit_coverage:.1%}, mean size "
+        f"{np.mean(p.summary.size):.2f}, empty {np.mean(p.summary.empty_rate):.1%}, {1e3 * p.fit_seconds:.0f} ms to fit and "
+        f"{1e3 * p.eval_seconds:.0f} ms to make the sets per split" for p in result.parallel) + f" (over {result.parallel[0].summary.splits} splits).")
+    return lines + ([smoke_note(mode)] if mode == "smoke" else [])
+
+
+def regression_rows(result: Any) -> list[dict[str, Any]]:
+    """One table row per regression method from a RegressionResult (experiments.sets)."""
+    return [{
+        "method": method,
+        "coverage exit 1": m.coverage[0],
+        "coverage last exit": m.coverage[-1],
+        "min coverage over exits": min(m.coverage),
+        "covered at every exit": m.all_exit_coverage[-1],
+        "mean width (empty = 0)": float(np.mean(m.size)),
+        "empty rate": float(np.mean(m.empty_rate)),
+        "min N(t)": min(m.nestedness),
+        "empty, last exit, outside training range": outside,
+        "empty, last exit, inside": inside,
+    } for method, m, inside, outside in zip(result.methods, result.metrics, result.empty_inside, result.empty_outside)]
+
+
+def regression_sentences(result: Any, *, alpha: float, mode: str = "full") -> list[str]:
+    """The findings of notebook 06's regression comparison (one seed: plain thresholds, stated, on its numbers)."""
+    target = 1 - alpha
+    m = dict(zip(result.methods, result.metrics))
+    outside = dict(zip(result.methods, result.empty_outside))
+    inside = dict(zip(result.methods, result.empty_inside))
+    bayes, inter, avcs = m["Bayes"], m["Bayes ∩"].all_exit_coverage[-1], m["AVCS"]
+    lines = [
+        f"Per-exit credible intervals: smallest N(t) {min(bayes.nestedness):.3f} (exit {int(np.argmin(bayes.nestedness)) + 1}); coverage "
+        f"from {min(bayes.coverage):.1%} to {max(bayes.coverage):.1%} over exits.",
+        f"Their running intersection keeps {inter:.1%} of test targets to the last exit ({'below' if inter < target else 'not below'} {target:.0%}).",
+        f"AVCS intervals: smallest N(t) {min(avcs.nestedness):.3f}; coverage from {min(avcs.coverage):.1%} to {max(avcs.coverage):.1%}, "
+        f"{avcs.all_exit_coverage[-1]:.1%} at every exit ({'below' if avcs.all_exit_coverage[-1] < target else 'not below'} {target:.0%}); "
+        f"mean width {np.mean(avcs.size):.2f} against {np.mean(bayes.size):.2f} for the credible intervals.",
+        f"Outside the training inputs the last AVCS interval is empty for {outside['AVCS']:.0%} of grid points, inside for "
+        f"{inside['AVCS']:.0%}; credible intervals are never empty ({outside['Bayes']:.0%} outside).",
+    ]
+    return lines + ([smoke_note(mode) + " One seed and 180 test points: coverages move by a couple of points."] if mode == "smoke" else [])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -15,16 +16,21 @@ from kdteach.data.text import (
     NLI_GROUP_NAMES,
     civil_membership,
     civilcomments_split,
+    conflicting_groups,
     encode_text,
+    example_rows,
+    group_count_rows,
     has_negation,
     load_civilcomments,
     load_multinli,
     multinli_split,
     negation_groups,
     nli_standin,
+    shortcut_rates,
     standin_tokenizer,
 )
 from kdteach.debias import EarlyReadout
+from kdteach.report import to_jsonable
 from kdteach.models.text import tiny_bert, tiny_distilbert, unpack_text
 
 datasets = pytest.importorskip("datasets")
@@ -270,18 +276,52 @@ def test_the_experiment_runs_end_to_end_on_a_tiny_configuration():
 
     cfg = dataclasses.replace(text.config("smoke", "standin"), sizes=(240, 60, 60), teacher_size=(32, 2, 2), student_size=(16, 2, 2),
                               teacher_epochs=1, epochs=2, start_after=1)
-    result = text.run_experiment(cfg, device="cpu", progress=False, mode="smoke")
-    assert [r["model"] for r in result.rows] == ["teacher", "KD student", "DeDiER student"]
-    for row in result.rows:
-        assert 0.0 <= row["worst-group"] <= row["average (uniform)"] <= 1.0
-    dedier = next(s for s in result.students if s.method == "DeDiER")
+    outcome = text.run_experiment(cfg, device="cpu", progress=False)
+    result = outcome.result
+    assert [(m.model, m.seed) for m in result.models] == [("teacher", 0), ("KD", 0), ("DeDiER", 0)]
+    for m in result.models:
+        assert 0.0 <= m.test.worst_group <= m.test.mean_over_groups <= 1.0
+        assert len(m.val_worst_group) == (1 if m.model == "teacher" else 2) and 0 <= m.best_epoch < len(m.val_worst_group)
+    dedier = next(s for s in outcome.students if s.method == "DeDiER")
     weights = dedier.reweighting.weights
     assert weights.shape == (240,) and (weights >= 1).all()
     assert "readout_train_acc" in dedier.history.epochs[-1]
-    assert [r["group"] for r in result.diagnostics["rows"]] == list(NLI_GROUP_NAMES)
-    assert any("worst-group" in line for line in result.findings)
+    assert [g.group for g in result.readout] == list(NLI_GROUP_NAMES) and sum(g.n for g in result.readout) == 240
+    assert outcome.readout_logits.shape == (240, 3)
+    # A rerun reloads every model from its checkpoint and measures the same numbers.
+    again = text.run_experiment(cfg, device="cpu", progress=False).result
+    assert json.dumps(to_jsonable(again)) == json.dumps(to_jsonable(result))  # NaN-safe: no group has training counts
     with pytest.raises(ValueError, match="dataset"):
         text.config("smoke", "imdb")
+
+
+def test_checkpoint_keys_follow_the_fields_that_decide_each_model():
+    from kdteach.data.text import TextData
+    from kdteach.experiments import text
+
+    cfg = text.config("smoke", "standin")
+    data = TextData("standin", {}, {}, None, torch.zeros(1), (), seed=0)
+    # A student-only field leaves the teacher's checkpoint alone; a teacher field or the data's seed moves it.
+    assert text.teacher_path(dataclasses.replace(cfg, lr=1e-3, alpha=0.5), data) == text.teacher_path(cfg, data)
+    assert text.teacher_path(dataclasses.replace(cfg, teacher_lr=1e-3), data) != text.teacher_path(cfg, data)
+    assert text.teacher_path(cfg, dataclasses.replace(data, seed=1)) != text.teacher_path(cfg, data)
+    assert set(text.DEDIER_FIELDS).isdisjoint(text.TEACHER_FIELDS) and "lr" in text.STUDENT_FIELDS
+    assert all(hasattr(cfg, f) for f in text.TEACHER_FIELDS + text.STUDENT_FIELDS + text.DEDIER_FIELDS)
+
+
+def test_linear_warmup_gives_the_old_schedules_factors():
+    """common's "linear" schedule with warmup_steps: (step + 1) / warmup, then linear decay to zero."""
+    from kdteach.experiments import common
+
+    steps, warmup = 20, 5
+    _, scheduler = common.optimizer_and_schedule(torch.nn.Linear(2, 2), total_steps=steps, lr=1.0, schedule="linear", warmup_steps=warmup)
+    factors = []
+    for _ in range(steps):
+        factors.append(scheduler.get_last_lr()[0])
+        scheduler.optimizer.step()
+        scheduler.step()
+    expected = [(s + 1) / warmup if s < warmup else (steps - s) / (steps - warmup) for s in range(steps)]
+    assert factors == pytest.approx(expected)
 
 
 @pytest.fixture
@@ -325,11 +365,11 @@ def test_full_mode_path_runs_offline_with_local_checkpoints_and_a_multinli_fixtu
     cfg = _full_config("multinli", teacher, student, (80, None, None))
     data = text.load_data(cfg)
     assert len(data.splits["train"]) == 80 and len(data.splits["val"]) + len(data.splits["test"]) == 40
-    result = text.run_experiment(cfg, data=data, device="cpu", progress=False, mode="full")
-    assert [r["model"] for r in result.rows] == ["teacher", "KD student", "DeDiER student"]
-    assert result.diagnostics["stage"] == "layer2" and len(result.diagnostics["rows"]) == 6
-    written = sorted(p.name for p in (tmp_path / "cache" / "text").iterdir())
-    assert len(written) == 3 and all(name.startswith("multinli-") for name in written)  # teacher, KD, DeDiER
+    result = text.run_experiment(cfg, data=data, device="cpu", progress=False).result
+    assert [m.model for m in result.models] == ["teacher", "KD", "DeDiER"]
+    assert result.readout_stage == "layer2" and len(result.readout) == 6
+    written = sorted(p.name.split("-")[0] for p in (tmp_path / "cache" / "text").iterdir())
+    assert written == ["DeDiER", "KD", "teacher"]  # one checkpoint per model
 
 
 def test_civilcomments_path_with_overlapping_groups(local_checkpoints, tmp_path, monkeypatch):
@@ -351,13 +391,13 @@ def test_civilcomments_path_with_overlapping_groups(local_checkpoints, tmp_path,
     (tmp_path / "civilcomments").mkdir()
     path.rename(tmp_path / "civilcomments" / "all_data_with_identities.csv")
     monkeypatch.setenv("KDTEACH_CACHE", str(tmp_path / "cache"))
-    cfg = dataclasses.replace(_full_config("civilcomments", teacher, student, (None, None, None)), checkpoint=False)
+    cfg = _full_config("civilcomments", teacher, student, (None, None, None))
     data = text.load_data(cfg)
     train = data.splits["train"]
     assert len(train) == 60 and train.groups.shape == (60, 16) and (train.groups.sum(dim=1) > 1).any()  # overlaps
     assert data.balance_names == ("non-toxic, no identity", "non-toxic, identity", "toxic, no identity", "toxic, identity")
-    assert sum(r["train"] for r in text.group_count_rows(data)) == int(train.groups.sum())
-    assert len(text.shortcut_rates(train)) == 2 and text.example_rows(train)
-    result = text.run_experiment(cfg, data=data, device="cpu", progress=False, mode="full")
-    assert all(0.0 <= r["worst-group"] <= r["average (uniform)"] + 1e-9 for r in result.rows)
-    assert len(result.diagnostics["rows"]) == 4 and text.conflicting_groups(data) == [1, 2]
+    assert sum(r["train"] for r in group_count_rows(data)) == int(train.groups.sum())
+    assert len(shortcut_rates(train)) == 2 and example_rows(train)
+    result = text.run_experiment(cfg, data=data, device="cpu", progress=False).result
+    assert all(0.0 <= m.test.worst_group <= m.test.mean_over_groups + 1e-9 for m in result.models)
+    assert len(result.readout) == 4 and conflicting_groups(data) == [1, 2] and result.conflicting == (1, 2)

@@ -17,6 +17,7 @@ of the label in validation and test.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 from kdteach import checks, runtime
-from kdteach.groups import group_ids
+from kdteach.groups import group_counts, group_ids
 
 __all__ = [
     "NEGATION_WORDS",
@@ -46,6 +47,14 @@ __all__ = [
     "nli_standin",
     "standin_tokenizer",
     "encode_text",
+    "TEXT_DATASETS",
+    "CUES",
+    "TextData",
+    "load_text_data",
+    "group_count_rows",
+    "shortcut_rates",
+    "example_rows",
+    "conflicting_groups",
 ]
 
 # The negation words of Gururangan et al. (2018) and Sagawa et al. (2020), the group definition DeDiER uses.
@@ -476,3 +485,149 @@ def encode_text(tokenizer: Any, split: TextSplit, *, max_length: int) -> torch.T
         return_tensors="pt",
     )
     return torch.stack([encoded["input_ids"], encoded["attention_mask"], encoded["token_type_ids"]], dim=1).long()
+
+
+# ---------------------------------------------------------------- one dataset, encoded: what notebook 04 trains on
+
+TEXT_DATASETS = ("standin", "multinli", "civilcomments")
+# The spurious cue of each dataset, in words.
+CUES = {"standin": "a negation word in the hypothesis", "multinli": "a negation word in the hypothesis", "civilcomments": "an identity mention"}
+
+
+@dataclass
+class TextData:
+    """Splits, their encodings and the tokenizer.
+
+    Attributes:
+        name: the dataset (one of TEXT_DATASETS).
+        splits: "train", "val", "test" -> TextSplit.
+        inputs: the same keys -> (N, 3, max_length) packed token ids (encode_text).
+        tokenizer: the tokenizer that made them.
+        balance_groups: (N_train,) disjoint group ids the teacher's batches are balanced over, and the readout's
+            diagnostics are reported on: the groups themselves on MultiNLI and the stand-in; on CivilComments,
+            whose groups overlap, (any identity mentioned) x label, as in Group DRO's CivilComments setup.
+        balance_names: their names.
+        seed: the stand-in's generator seed, or the real data's subsampling seed.
+    """
+
+    name: str
+    splits: dict[str, TextSplit]
+    inputs: dict[str, torch.Tensor]
+    tokenizer: Any
+    balance_groups: torch.Tensor
+    balance_names: tuple[str, ...]
+    seed: int = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.splits["train"].class_names)
+
+
+def _real_splits(dataset: str, sizes: Sequence[int | None], seed: int) -> dict[str, TextSplit]:
+    n_train, n_val, n_test = sizes
+    if dataset == "multinli":
+        # MultiNLI has no labelled test split: validation_matched is cut in two halves, validation and test.
+        matched = load_multinli("validation_matched")
+        order = np.random.default_rng(seed).permutation(len(matched))
+        half = len(order) // 2
+        return {
+            "train": load_multinli("train", max_examples=n_train, seed=seed),
+            "val": matched.subset(np.sort(order[:half])).sample(n_val, seed),
+            "test": matched.subset(np.sort(order[half:])).sample(n_test, seed),
+        }
+    return {
+        split: load_civilcomments(name, download=True, max_examples=n, seed=seed)
+        for split, name, n in (("train", "train", n_train), ("val", "val", n_val), ("test", "test", n_test))
+    }
+
+
+def _balance_groups(split: TextSplit) -> tuple[torch.Tensor, tuple[str, ...]]:
+    if split.groups.dim() == 1:
+        return split.groups, split.group_names
+    any_identity = split.groups.any(dim=1).long()
+    names = tuple(f"{c}, {m}" for c in split.class_names for m in ("no identity", "identity"))
+    return split.labels * 2 + any_identity, names
+
+
+def load_text_data(dataset: str, sizes: Sequence[int | None], *, max_length: int, tokenizer: str = "standin", seed: int = 0) -> TextData:
+    """Loads (or generates) the splits, builds the tokenizer and encodes every split once.
+
+    Args:
+        dataset: one of TEXT_DATASETS.
+        sizes: (train, val, test) examples; None keeps a whole split.
+        max_length: tokens per example (padded or truncated).
+        tokenizer: "standin" (a WordPiece vocabulary of the training words, for the tiny models) or a Hub checkpoint
+            whose tokenizer to load (bert-base-uncased and distilbert-base-uncased share one).
+        seed: the stand-in's generator seed and the real data's subsampling seed.
+
+    Returns:
+        TextData.
+    """
+    if dataset not in TEXT_DATASETS:
+        raise ValueError(f"dataset must be one of {TEXT_DATASETS}, got {dataset!r}")
+    splits = nli_standin(*sizes, seed=seed) if dataset == "standin" else _real_splits(dataset, sizes, seed)
+    if tokenizer == "standin":
+        train = splits["train"]
+        encoder = standin_tokenizer(train.texts + (train.pairs or []))
+    else:
+        from transformers import AutoTokenizer
+
+        try:
+            encoder = AutoTokenizer.from_pretrained(tokenizer)
+        except OSError as error:
+            raise FileNotFoundError(f"could not load the tokenizer of {tokenizer!r} from the Hub or its cache: {error}") from error
+    inputs = {name: encode_text(encoder, split, max_length=max_length) for name, split in splits.items()}
+    balance, names = _balance_groups(splits["train"])
+    return TextData(dataset, splits, inputs, encoder, balance, names, seed)
+
+
+def group_count_rows(data: TextData) -> list[dict[str, Any]]:
+    """How many examples each group has in each split (one row per group; overlapping groups counted per group)."""
+    counts = {name: group_counts(split.groups, split.num_groups) for name, split in data.splits.items()}
+    names = data.splits["train"].group_names
+    return [{"group": g, **{split: int(c[i]) for split, c in counts.items()}} for i, g in enumerate(names)]
+
+
+def shortcut_rates(split: TextSplit) -> list[dict[str, Any]]:
+    """For each class: the share of its examples that carry the spurious cue (a negation word; an identity mention).
+
+    Args:
+        split: a TextSplit with disjoint (label, cue) groups or a CivilComments membership matrix.
+
+    Returns:
+        One row per class: class, n, and "with cue" (a fraction).
+    """
+    cue = (split.groups % 2).bool() if split.groups.dim() == 1 else split.groups.any(dim=1)  # group = 2 * label + cue
+    rows = []
+    for c, name in enumerate(split.class_names):
+        member = split.labels == c
+        n = int(member.sum())
+        rows.append({"class": name, "n": n, "with cue": float(cue[member].float().mean()) if n else math.nan})
+    return rows
+
+
+def example_rows(split: TextSplit, *, per_group: int = 1, seed: int = 0) -> list[dict[str, str]]:
+    """A few examples of each group, for showing the shortcut: rows with group, label, and the text(s)."""
+    rng = np.random.default_rng(seed)
+    member = split.groups if split.groups.dim() == 2 else split.groups[:, None] == torch.arange(split.num_groups)
+    rows = []
+    for g, name in enumerate(split.group_names):
+        index = torch.nonzero(member[:, g]).flatten().numpy()
+        for i in rng.permutation(index)[:per_group]:
+            row = {"group": name, "label": split.class_names[int(split.labels[i])]}
+            if split.pairs is not None:
+                row.update(premise=split.texts[i], hypothesis=split.pairs[i])
+            else:
+                row["text"] = split.texts[i][:120]
+            rows.append(row)
+    return rows
+
+
+def conflicting_groups(data: TextData) -> list[int]:
+    """The balance groups where the cue points to the wrong label (the minority groups DeDiER should find).
+
+    The cue predicts the last class (contradiction; toxic). Balance group g is label g // 2 with cue g % 2, so g
+    conflicts when it has the cue and another label, or lacks the cue and has the cue's label.
+    """
+    cue_class = data.num_classes - 1
+    return [g for g in range(len(data.balance_names)) if bool(g % 2) != (g // 2 == cue_class)]

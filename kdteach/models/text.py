@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["TextClassifier", "tiny_bert", "tiny_distilbert", "pretrained_text_classifier", "unpack_text"]
+__all__ = ["TextClassifier", "tiny_bert", "tiny_distilbert", "pretrained_text_classifier", "text_classifier", "unpack_text"]
 
 # The checkpoints notebook 04 downloads in full mode; both use the same uncased WordPiece vocabulary, so one
 # encoding of the data serves the teacher and the student.
@@ -191,3 +191,30 @@ def pretrained_text_classifier(checkpoint: str, num_classes: int, *, dropout: fl
             "downloaded once on a machine with internet access; offline, use tiny_bert / tiny_distilbert."
         ) from error
     return TextClassifier(encoder, num_classes, dropout=dropout)
+
+
+def text_classifier(name: str, *, teacher: bool, vocab_size: int, num_classes: int, size: tuple[int, int, int], max_length: int,
+                    dropout: float, pool: str = "cls") -> TextClassifier:
+    """Notebook 04's models by name: a Hub checkpoint (pretrained encoder, fresh head) or "tiny" (built from config).
+
+    Args:
+        name: a checkpoint such as "bert-base-uncased", or "tiny": tiny_bert for the teacher, tiny_distilbert for a
+            student.
+        teacher: which of the two a tiny model is.
+        vocab_size, num_classes, max_length, dropout: as in tiny_bert (a Hub model keeps its own and dropout 0.1).
+        size: (hidden, layers, heads) of a tiny model.
+        pool: what features() pools by default, i.e. what an early readout reads: "cls" or "mean".
+
+    Returns:
+        A TextClassifier.
+    """
+    if name != "tiny":
+        model = pretrained_text_classifier(name, num_classes)
+    else:
+        hidden, layers, heads = size
+        build = tiny_bert if teacher else tiny_distilbert
+        model = build(vocab_size, num_classes, hidden=hidden, layers=layers, heads=heads, max_length=max_length, dropout=dropout)
+    if pool not in ("cls", "mean"):
+        raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+    model.pool = pool
+    return model

@@ -1,0 +1,73 @@
+"""Notebook 04's sentences and tables (kdteach.report.text_*) on constructed results: the verdicts come from the
+one comparison rule, and no sentence says "clearly" unless the paired interval excludes zero."""
+import math
+
+import pytest
+
+from kdteach import report
+from kdteach.experiments.text import ModelScores, ReadoutGroup, TextResult, WeightShares
+from kdteach.groups import GroupMetrics
+
+GROUPS = ("minority", "majority")
+
+
+def _metrics(worst: float, average: float) -> GroupMetrics:
+    return GroupMetrics(per_group=(worst, 1.0), counts=(10, 90), group_names=GROUPS, worst_group=worst, worst_group_index=0,
+                        mean_over_groups=(worst + 1.0) / 2, average_test=average, average_train_weighted=math.nan)
+
+
+def _result(kd_worst, dedier_worst, *, teacher_worst=0.9) -> TextResult:
+    models = [ModelScores("teacher", 0, _metrics(teacher_worst, 0.95), 3, (0.5, teacher_worst))]
+    for seed, (k, d) in enumerate(zip(kd_worst, dedier_worst)):
+        models += [ModelScores("KD", seed, _metrics(k, 0.9), 1, (k,)), ModelScores("DeDiER", seed, _metrics(d, 0.9), 1, (d,))]
+    readout = (ReadoutGroup("minority", 10, 0.2, 0.4, 0.5, 0.8, 10.0, 0.6), ReadoutGroup("majority", 90, 0.99, 0.9, 0.1, 0.01, 1.2, 0.4))
+    return TextResult("standin", tuple(models), "layer1", readout, (0,))
+
+
+def test_the_standins_five_seeds_straddle_zero():
+    # README's stand-in: DeDiER - KD on the worst group, +93.3, +75.3, +24.7, -4.8, -1.6 points. Mean +37.4, but the
+    # paired 95% interval (t with 4 degrees of freedom) runs from about -18 to +93: no clear difference.
+    kd = [0.05, 0.20, 0.50, 0.80, 0.90]
+    differences = [0.933, 0.753, 0.247, -0.048, -0.016]
+    result = _result(kd, [k + d for k, d in zip(kd, differences)])
+    c = report.text_dedier_vs_kd(result)
+    assert c.n == 5 and c.n_higher == 3 and c.mean == pytest.approx(0.3738)
+    assert c.low < 0 < c.high and c.verdict == "no clear difference"
+    sentences = report.text_sentences(result)
+    assert not any("clearly" in line for line in sentences)
+
+
+def test_a_difference_every_seed_agrees_on_is_clear():
+    result = _result([0.5, 0.52, 0.48, 0.51, 0.49], [0.7, 0.73, 0.69, 0.70, 0.72])
+    assert report.text_dedier_vs_kd(result).verdict == "clearly higher"
+    assert report.text_dedier_vs_kd(result, "average_test").verdict == "no clear difference"  # 0.9 against 0.9
+    assert report.text_kd_vs_teacher(result).verdict == "clearly lower"  # every KD seed is below the teacher's 0.9
+    assert any("DeDiER is clearly higher than KD" in line for line in report.text_sentences(result))
+
+
+@pytest.mark.parametrize("seeds", [1, 2])
+def test_one_or_two_seeds_give_no_verdict(seeds):
+    result = _result([0.1] * seeds, [0.9] * seeds)
+    assert report.text_dedier_vs_kd(result).verdict == "too few seeds"
+    assert report.text_kd_vs_teacher(result).verdict == "too few seeds"
+    assert not any("clearly" in line for line in report.text_sentences(result, mode="smoke"))
+
+
+def test_tables_carry_the_numbers():
+    result = _result([0.5, 0.6, 0.7], [0.6, 0.7, 0.8])
+    summary = {row["model"]: row for row in report.text_summary_rows(result)}
+    assert summary["KD student"]["seeds"] == 3 and summary["KD student"]["worst-group"] == "60.0 ± 10.0 (n=3)"
+    assert summary["teacher"]["worst-group"] == "90.0 (n=1)"
+    rows = report.text_model_rows(result)
+    assert len(rows) == 7 and rows[1]["model"] == "KD student" and rows[1]["minority"] == 0.5 and rows[1]["majority"] == 1.0
+    lines = report.text_sentences(result)
+    assert any("80% of 'minority'" in line and "'majority', 1%" in line for line in lines)  # most and least upweighted
+
+
+def test_weight_share_sentences_sum_the_conflicting_groups():
+    shares = WeightShares(groups=("a", "b", "c"), share_of_examples=(0.05, 0.9, 0.05), alphas=(0.2, 1.0),
+                          weight_share=((0.3, 0.5, 0.2), (0.1, 0.8, 0.1)), conflicting=(0, 2))
+    first, second = report.text_weight_share_sentences(shares)
+    assert "carry 50% of the weight" in first and "carry 20% of the weight" in second and "10% of the examples" in first
+    rows = report.text_weight_share_rows(shares)
+    assert rows[1] == {"group": "b", "share of examples": 0.9, "weight share (alpha=0.2)": 0.5, "weight share (alpha=1)": 0.8}
