@@ -19,7 +19,7 @@ __all__ = [
     "plot_wiggle_intervals",
 ]
 
-METRIC_TITLES = {"coverage": "coverage", "size": "mean size (labels, or interval width)", "empty_rate": "empty rate", "nestedness": "nestedness N(t)"}
+METRIC_TITLES = {"coverage": "coverage", "size": "mean size (empty = 0; labels, or width)", "empty_rate": "empty rate", "nestedness": "nestedness N(t)"}
 
 
 def plot_accuracy_vs_compute(models: Sequence[Any]) -> Figure:
@@ -81,26 +81,30 @@ def plot_reliability(exit_logits: torch.Tensor, labels: torch.Tensor, *, bins: i
     return fig
 
 
-def plot_set_metrics(summary: Mapping[str, Mapping[str, torch.Tensor]], *, alpha: float, metrics: Sequence[str] = ("coverage", "size", "empty_rate", "nestedness")) -> Figure:
-    """Coverage, size, empty rate and nestedness per exit, one line per method (with a +-1 std band when the
-    summary holds "<metric>_std", as repeated_comparison's does).
+def plot_set_metrics(summaries: Sequence[Any], *, alpha: float, methods: Sequence[str] | None = None,
+                     metrics: Sequence[str] = ("coverage", "size", "empty_rate", "nestedness")) -> Figure:
+    """Coverage, size, empty rate and nestedness per exit, one line per method, with a +-1 std band over splits
+    where the summary has one (coverage_std, size_std).
 
     Args:
-        summary: method -> {metric: (exits,) tensor}.
+        summaries: kd.sets.MethodSummary's (one per method).
         alpha: the target miscoverage (coverage panel: a dashed line at 1 - alpha).
+        methods: which methods to draw (default all).
         metrics: which panels.
 
     Returns:
         The figure.
     """
+    chosen = [s for s in summaries if methods is None or s.method in methods]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        for method, m in summary.items():
-            values = m[metric].double().cpu()
+        for summary in chosen:
+            values = torch.tensor(getattr(summary, metric), dtype=torch.float64)
             exits = torch.arange(1, len(values) + 1)
-            line, = ax.plot(exits, values, "o-", ms=3, label=method)
-            if metric + "_std" in m:
-                std = m[metric + "_std"].double().cpu()
+            line, = ax.plot(exits, values, "o-", ms=3, label=summary.method)
+            std = getattr(summary, metric + "_std", None)
+            if std is not None and summary.splits > 1:
+                std = torch.tensor(std, dtype=torch.float64)
                 ax.fill_between(exits, values - std, values + std, color=line.get_color(), alpha=0.15)
         if metric == "coverage":
             ax.axhline(1 - alpha, ls="--", color="black", lw=1, label=f"1 - alpha = {1 - alpha:g}")
@@ -108,7 +112,7 @@ def plot_set_metrics(summary: Mapping[str, Mapping[str, torch.Tensor]], *, alpha
         ax.set_xlabel("exit")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -139,25 +143,24 @@ def plot_set_membership(sets: Mapping[str, torch.Tensor], index: int, label: int
     return fig
 
 
-def plot_wiggle_intervals(regression: Mapping[str, Any], *, exits: Sequence[int] | None = None) -> Figure:
+def plot_wiggle_intervals(curves: Any, *, exits: Sequence[int] | None = None) -> Figure:
     """Intervals on the input grid at a few exits, one panel per method, over the training data.
 
     Args:
-        regression: kdteach.experiments.sets.regression_experiment(...).
+        curves: kdteach.experiments.sets.WiggleCurves (data, grid_x, intervals: method -> (lower, upper)).
         exits: 0-based exits to draw (default: a quarter of the way, halfway, last).
 
     Returns:
         The figure.
     """
-    grid_x = regression["grid_x"].cpu()
-    data = regression["data"]
-    methods = list(regression["grid"])
-    total = regression["grid"][methods[0]][0].shape[0]
+    grid_x, data = curves.grid_x.cpu(), curves.data
+    methods = list(curves.intervals)
+    total = curves.intervals[methods[0]][0].shape[0]
     exits = list(exits) if exits is not None else sorted({total // 4, total // 2, total - 1})
     low, high = float(data.train_x.min()), float(data.train_x.max())
     fig, axes = plt.subplots(1, len(methods), figsize=(5 * len(methods), 3.8), sharey=True, squeeze=False)
     for ax, method in zip(axes[0], methods):
-        lower, upper = (v.cpu() for v in regression["grid"][method])
+        lower, upper = (v.cpu() for v in curves.intervals[method])
         ax.scatter(data.train_x[:, 0], data.train_y, s=3, color="gray", alpha=0.5, label="training data")
         for t in exits:
             empty = lower[t] > upper[t]
