@@ -552,3 +552,86 @@ def regression_sentences(result: Any, *, alpha: float, mode: str = "full") -> li
         f"{inside['AVCS']:.0%}; credible intervals are never empty ({outside['Bayes']:.0%} outside).",
     ]
     return lines + ([smoke_note(mode) + " One seed and 180 test points: coverages move by a couple of points."] if mode == "smoke" else [])
+
+
+# Notebook 04 (kdteach.experiments.text): tables and sentences. DeDiER against KD, and KD against the teacher, are
+# decided by paired_comparison over the student seeds; everything else states numbers.
+
+_TEXT_NAMES = {"teacher": "teacher", "KD": "KD student", "DeDiER": "DeDiER student"}
+
+
+def _text_models(result: Any) -> list[str]:
+    return list(dict.fromkeys(m.model for m in result.models))
+
+
+def text_summary_rows(result: Any) -> list[dict[str, Any]]:
+    """One row per model of a text.TextResult: seeds, and worst-group and average (test) accuracy as mean ± std (%)."""
+    rows = []
+    for name in _text_models(result):
+        scores = list(result.scores(name).values())
+        rows.append({"model": _TEXT_NAMES[name], "seeds": len(scores),
+                     "worst-group": mean_std([s.worst_group for s in scores], scale=100),
+                     "average (test)": mean_std([s.average_test for s in scores], scale=100)})
+    return rows
+
+
+def text_model_rows(result: Any) -> list[dict[str, Any]]:
+    """One row per model and seed (accuracies as fractions): worst-group, the averages, each test group, best epoch."""
+    return [{"model": _TEXT_NAMES[m.model], "seed": m.seed, "worst-group": m.test.worst_group, "average (test)": m.test.average_test,
+             "average (uniform)": m.test.mean_over_groups, **dict(zip(m.test.group_names, m.test.per_group)), "best epoch": m.best_epoch}
+            for m in result.models]
+
+
+def text_dedier_vs_kd(result: Any, metric: str = "worst_group") -> Comparison:
+    """DeDiER - KD on a GroupMetrics field (default worst-group accuracy), paired over the student seeds."""
+    ours, reference = ({seed: getattr(s, metric) for seed, s in result.scores(name).items()} for name in ("DeDiER", "KD"))
+    return paired_comparison(ours, reference)
+
+
+def text_kd_vs_teacher(result: Any) -> Comparison:
+    """KD student - teacher on worst-group accuracy, seed by seed against the one teacher every student learns from."""
+    teacher = next(iter(result.scores("teacher").values())).worst_group
+    kd = result.scores("KD")
+    return paired_comparison({seed: s.worst_group for seed, s in kd.items()}, {seed: teacher for seed in kd})
+
+
+def text_sentences(result: Any, *, mode: str = "full") -> list[str]:
+    """Every sentence printed about a text.TextResult: each model's numbers, the paired comparisons, the readout.
+
+    Args:
+        result: the TextResult.
+        mode: "smoke" adds the smoke-mode note.
+
+    Returns:
+        The sentences.
+    """
+    lines = [smoke_note(mode)] if mode == "smoke" else []
+    for name in _text_models(result):
+        scores = list(result.scores(name).values())
+        worst, average = (summarize_seeds([getattr(s, f) for s in scores]).mean for f in ("worst_group", "average_test"))
+        lines.append(f"{_TEXT_NAMES[name]}: worst-group {100 * worst:.1f}% against {100 * average:.1f}% average (test), "
+                     f"mean over {len(scores)} seed(s).")
+    if {"KD", "DeDiER"} <= set(_text_models(result)):
+        lines.append(comparison_sentence(text_dedier_vs_kd(result), what="worst-group accuracy", ours="DeDiER", reference="KD"))
+        lines.append(comparison_sentence(text_dedier_vs_kd(result, "average_test"), what="average (test) accuracy", ours="DeDiER", reference="KD"))
+    if {"KD", "teacher"} <= set(_text_models(result)):
+        lines.append(comparison_sentence(text_kd_vs_teacher(result), what="worst-group accuracy", ours="KD student", reference="teacher"))
+    groups = [g for g in result.readout if not math.isnan(g.upweighted)]
+    if groups:
+        top, bottom = max(groups, key=lambda g: g.upweighted), min(reversed(groups), key=lambda g: g.upweighted)
+        lines.append(f"The readout at {result.readout_stage} of the first KD student upweights {top.upweighted:.0%} of '{top.group}' "
+                     f"(n={top.n}), the most of any training group; the least: '{bottom.group}', {bottom.upweighted:.0%}.")
+    return lines
+
+
+def text_weight_share_rows(shares: Any) -> list[dict[str, Any]]:
+    """One row per training group of a text.WeightShares: its share of the examples and of the weight per alpha."""
+    return [{"group": name, "share of examples": share, **{f"weight share (alpha={a:g})": by_alpha[g] for a, by_alpha in zip(shares.alphas, shares.weight_share)}}
+            for g, (name, share) in enumerate(zip(shares.groups, shares.share_of_examples))]
+
+
+def text_weight_share_sentences(shares: Any) -> list[str]:
+    """Per alpha: how much of the weight the groups where the cue points to the wrong label carry, against their size."""
+    examples = sum(shares.share_of_examples[g] for g in shares.conflicting)
+    return [f"alpha={a:g}: the groups where the cue points to the wrong label carry {sum(by_alpha[g] for g in shares.conflicting):.0%} "
+            f"of the weight; they are {examples:.0%} of the examples." for a, by_alpha in zip(shares.alphas, shares.weight_share)]
