@@ -214,10 +214,9 @@ def omitted_class(cfg: HintonConfig, data: DigitSplits, teacher: MLP, device: to
     (the paper chose it on the test set) and then applied once to the test set.
     """
     n_val = cfg.val_size
-    transfer_x, transfer_y = data.train_x[:-n_val], data.train_y[:-n_val]
+    keep = data.train_y[:-n_val] != omitted
+    transfer_x, transfer_y = data.train_x[:-n_val][keep], data.train_y[:-n_val][keep]
     val_x, val_y = data.train_x[-n_val:], data.train_y[-n_val:]
-    keep = transfer_y != omitted
-    transfer_x, transfer_y = transfer_x[keep], transfer_y[keep]
     logits = cache_teacher_logits(teacher, Batches({"x": transfer_x}, 1024))
     student, _ = train_student(cfg, transfer_x, transfer_y, device, teacher_logits=logits, seed=seed, name=f"no-{omitted}s",
                                source=data.source, progress=progress)
