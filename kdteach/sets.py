@@ -544,7 +544,7 @@ def fit_avcs_thresholds(
     so a new example survives to the chosen tau, and is covered at every exit, with probability
     >= ceil((n + 1)(1 - alpha)) / (n + 1) >= 1 - alpha, averaged over calibration splits and draws. It needs
     exchangeable calibration and test examples, not a correct model. The paper's own rule (the largest tau,
-    searched exit by exit, keeping calibration coverage >= 1 - alpha) has no such argument and under-covers.
+    searched exit by exit, keeping calibration coverage >= 1 - alpha) has no such argument.
 
     Args:
         calib_logits: (exits, n, C) logits of the calibration split.

@@ -225,3 +225,18 @@ def test_bad_input_is_refused():
         MultiExitLoss(distill_weight=1.5)
     with pytest.raises(ValueError, match="depth"):
         ResidualMLP(depth=0)
+
+
+def test_reliability_diagram_uses_the_ece_bins_and_only_joins_bins_with_enough_examples():
+    from kdteach.plots import plot_reliability
+
+    g = torch.Generator().manual_seed(0)
+    logits, labels = 2 * torch.randn(2, 300, 4, generator=g), torch.randint(0, 4, (300,), generator=g)
+    count, _, _ = reliability_bins(logits, labels)
+    fig = plot_reliability(logits, labels, min_count=10)
+    lines = fig.axes[0].get_lines()  # the diagonal, then per exit: joined bins, sparse bins; then the legend marker
+    for t in range(2):
+        joined, sparse = lines[1 + 2 * t], lines[2 + 2 * t]
+        assert len(joined.get_xdata()) == int((count[t] >= 10).sum())
+        assert len(sparse.get_xdata()) == int(((count[t] > 0) & (count[t] < 10)).sum()) and sparse.get_linestyle() == "None"
+    assert "15 bins" in fig.axes[0].get_title()

@@ -517,3 +517,15 @@ def test_shape_mismatches_and_wrong_thresholds_are_refused():
         calibration_split(50, 1.0)
     with pytest.raises(ValueError, match="targets"):
         S.fit_bayesian_linear_regression(torch.zeros(5, 2), torch.zeros(4))
+
+
+def test_set_membership_and_set_metrics_figures_draw_what_they_are_given():
+    from kdteach.plots import plot_set_membership, plot_set_metrics
+
+    sets = {"a": torch.rand(3, 5, 4, generator=torch.Generator().manual_seed(0)) < 0.5, "b": torch.ones(3, 5, 4, dtype=torch.bool)}
+    fig = plot_set_membership(sets, 2, 1)
+    assert len(fig.axes) == 2 and fig.axes[1].images[0].get_array().min() == 1.0
+    labels = torch.tensor([0, 1, 2, 3, 0])
+    summaries = [S.summarize_splits(name, [S.set_metrics(s, labels)] * 2, 0.1) for name, s in sets.items()]
+    fig = plot_set_metrics(summaries, alpha=0.1, methods=("b",))
+    assert [line.get_label() for line in fig.axes[0].get_lines()][:1] == ["b"] and len(fig.axes) == 4
