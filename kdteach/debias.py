@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
@@ -44,13 +45,18 @@ __all__ = [
     "parameters_upto",
     "jtt_error_set",
     "jtt_weights",
+    "InstanceWeights",
+    "WeightedCrossEntropy",
     "GroupDROLoss",
+    "SimKDLogits",
     "SimKDStudent",
     "SimKDLoss",
     "teacher_features",
     "readout_by_group",
     "confident_error_retrieval",
     "weights_by_group",
+    "ReadoutDiagnosis",
+    "diagnose_readout",
 ]
 
 
@@ -319,8 +325,10 @@ class DeDiERReweighting:
     """fit()'s on_epoch_end for DeDiER: retrain the readout, then rewrite the training set's instance weights.
 
     After each student epoch: re-initialise and train the readout on the student's current (frozen) features,
-    run it over the training set, and store dedier_weights(...) in train.tensors["weight"], which KDLoss and
-    cross_entropy_loss multiply into each example's loss. Epoch 0 is plain KD (all weights start at 1). The weights
+    run it over the training set, and keep dedier_weights(...) as `weights`. The loss reads them explicitly: pass
+    this object to it (KDLoss(..., instance_weights=reweighting)), which looks up weights_for(batch["index"]).
+    A reweighting whose weights no loss read during an epoch raises at its next call, so forgetting to hand it to
+    the loss cannot turn DeDiER into plain KD silently. Epoch 0 is plain KD (all weights start at 1). The weights
     are recomputed from scratch each epoch, as the paper describes. A student trained from random weights (the
     course's tiny text models) has only noise in its early layer after one epoch, so start_after can hold the
     first reweighting back for more epochs of plain KD. Two switches reproduce the official code:
@@ -334,7 +342,7 @@ class DeDiERReweighting:
     Args:
         student: the student being distilled (the model fit() trains).
         readout: the EarlyReadout.
-        train: the training Batches (its tensors gain a "weight" entry).
+        train: the training Batches (the readout trains on them; they are not modified).
         alpha: exponent on the margin.
         beta: scale in the exponent.
         start_after: epochs of plain KD before the first reweighting (1, the paper's: epoch 0 is plain KD).
@@ -369,16 +377,27 @@ class DeDiERReweighting:
         self.freeze_shared = freeze_shared
         self.frozen = False
         self.readout_logits: torch.Tensor | None = None  # the last readout's logits on the training set, for plots
-        train.tensors["weight"] = torch.ones(train.n, device=train.device)
+        self._weights = torch.ones(train.n, device=train.device)
+        self._unread = False  # set when new weights are made, cleared when a loss reads them
 
     @property
     def weights(self) -> torch.Tensor:
         """The current (N,) instance weights."""
-        return self.train.tensors["weight"]
+        return self._weights
+
+    def weights_for(self, index: torch.Tensor) -> torch.Tensor:
+        """The weights of the dataset rows `index` (a batch's "index"), for the loss."""
+        self._unread = False
+        return self._weights[index]
 
     def __call__(self, epoch: int, model: nn.Module) -> dict[str, float]:
         if model is not self.student:
             raise ValueError("DeDiERReweighting was called with a model that is not its student")
+        if self._unread:
+            raise RuntimeError(
+                f"DeDiERReweighting: no loss read its weights during epoch {epoch + 1}, so that epoch was plain KD; "
+                "pass it to the loss (KDLoss(..., instance_weights=reweighting))"
+            )
         if epoch + 1 < self.start_after:
             return {}  # still plain KD: every weight stays 1
         row = self.readout.fit(model, self.train)
@@ -387,7 +406,7 @@ class DeDiERReweighting:
         fresh = dedier_weights(logits, labels, alpha=self.alpha, beta=self.beta)
         wrong = logits.argmax(dim=1) != labels
         weights = torch.where(wrong, fresh, self.weights) if self.sticky else fresh
-        self.train.tensors["weight"] = weights
+        self._weights, self._unread = weights, True
         self.readout_logits = logits
         if self.freeze_shared and not self.frozen:
             self._freeze()
@@ -413,7 +432,7 @@ class DeDiERReweighting:
         weight = state["weight"].to(self.train.device)
         if weight.shape != (self.train.n,):
             raise ValueError(f"state weight has shape {tuple(weight.shape)}, the training set has {self.train.n} rows")
-        self.train.tensors["weight"] = weight
+        self._weights = weight
         self.readout.load_state_dict(state["readout"])
         if state["frozen"] and not self.frozen:
             self._freeze()
@@ -462,6 +481,41 @@ def jtt_weights(errors: torch.Tensor, *, upweight: float) -> torch.Tensor:
             "or with more regularisation."
         )
     return torch.where(errors, torch.full_like(errors, upweight, dtype=torch.float32), torch.ones_like(errors, dtype=torch.float32))
+
+
+class InstanceWeights:
+    """Fixed per-example loss weights (JTT's), handed to a loss explicitly and looked up by a batch's row indices.
+
+    Args:
+        weights: (N,) finite non-negative weights, one per training row, on the training data's device.
+    """
+
+    def __init__(self, weights: torch.Tensor) -> None:
+        checks.check_tensor("weights", weights, dims=(1,), floating=True, what="(N,)")
+        if checks.reads_values(weights, None) and not bool((torch.isfinite(weights) & (weights >= 0)).all()):
+            raise ValueError("weights must be finite and non-negative")
+        self.weights = weights
+
+    def weights_for(self, index: torch.Tensor) -> torch.Tensor:
+        """The weights of the dataset rows `index` (a batch's "index")."""
+        return self.weights[index]
+
+
+class WeightedCrossEntropy:
+    """ERM with per-example weights (JTT's second stage): mean over the batch of w_i * cross-entropy_i.
+
+    Args:
+        instance_weights: where the weights come from (InstanceWeights, or anything with weights_for(index)).
+    """
+
+    def __init__(self, instance_weights: "InstanceWeights") -> None:
+        if not callable(getattr(instance_weights, "weights_for", None)):
+            raise ValueError(f"instance_weights must have a weights_for(index) method, got {type(instance_weights).__name__}")
+        self.instance_weights = instance_weights
+
+    def __call__(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        per_example = F.cross_entropy(outputs.float(), batch["y"], reduction="none")
+        return (per_example * self.instance_weights.weights_for(batch["index"])).mean()
 
 
 class GroupDROLoss:
@@ -533,12 +587,24 @@ def _pooled(features: torch.Tensor) -> torch.Tensor:
     return features.mean(dim=(2, 3)) if features.dim() == 4 else features
 
 
+class SimKDLogits(torch.Tensor):
+    """A SimKDStudent's training-mode output: the (N, C) logits, carrying the (N, D) projected features they were
+    computed from as `.projected`, for SimKDLoss. A plain tensor everywhere else (fit's accuracy, argmax, ...).
+
+    A tensor subclass rather than a tuple because fit() hands the forward's output to the loss as it is and reads
+    logits from it: this way the loss gets what the model returned, and nothing is stored on the model.
+    """
+
+    projected: torch.Tensor
+
+
 class SimKDStudent(nn.Module):
     """A SimKD-style student (Chen et al. 2022): its last features, projected to the teacher's width and read by
     the teacher's own frozen classifier head.
 
     Trained with SimKDLoss (squared distance between the projected student features and the teacher's features);
-    the logits always come from the teacher's head, which never changes.
+    the logits always come from the teacher's head, which never changes. In training mode the forward returns
+    SimKDLogits (logits with their projected features attached); in eval mode plain logits.
 
     Args:
         student: a backbone with stage_names and features().
@@ -561,33 +627,34 @@ class SimKDStudent(nn.Module):
         self.teacher_head = nn.Linear(teacher_dim, teacher_head.out_features)
         self.teacher_head.load_state_dict(teacher_head.state_dict())
         self.teacher_head.requires_grad_(False)
-        self.projected: torch.Tensor | None = None  # the last forward's projected features, read by SimKDLoss
 
     def features(self, x: torch.Tensor, *, upto: str | None = None) -> dict[str, torch.Tensor]:
         """The backbone's features (so an early readout can sit on a SimKD-style student too)."""
         return self.student.features(x, upto=upto)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits from the teacher's head on the projected student features."""
-        last = self.student.features(x)[self.stage_names[-1]]
-        self.projected = self.projector(_pooled(last))
-        return self.teacher_head(self.projected)
+        """Logits from the teacher's head on the projected student features (SimKDLogits in training mode)."""
+        projected = self.projector(_pooled(self.student.features(x)[self.stage_names[-1]]))
+        logits = self.teacher_head(projected)
+        if not self.training:
+            return logits
+        out = logits.as_subclass(SimKDLogits)  # stays in the autograd graph
+        out.projected = projected
+        return out
 
 
 class SimKDLoss:
     """SimKD's loss: mean squared distance between a SimKDStudent's projected features and the teacher's features.
 
     The teacher's features come from batch["teacher_features"] (cached with teacher_features, for un-augmented
-    inputs) or from running `teacher` on the batch's (augmented) inputs. The student's projected features are the
-    ones the model stored in its last forward. Uses batch["weight"] when present.
+    inputs) or from running `teacher` on the batch's (augmented) inputs. The student's projected features come
+    with its outputs (SimKDLogits.projected): the loss reads only what it is called with.
 
     Args:
-        model: the SimKDStudent being trained.
         teacher: the teacher, needed when the batches carry no cached features.
     """
 
-    def __init__(self, model: SimKDStudent, *, teacher: nn.Module | None = None) -> None:
-        self.model = model
+    def __init__(self, *, teacher: nn.Module | None = None) -> None:
         self.teacher = teacher
 
     def teacher_features(self, batch: Batch) -> torch.Tensor:
@@ -599,15 +666,11 @@ class SimKDLoss:
         with torch.no_grad(), student_left_as_is(self.teacher):
             return _pooled(self.teacher.features(batch["x"])[self.teacher.stage_names[-1]]).float()
 
-    def __call__(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:  # noqa: ARG002 - logits unused
+    def __call__(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
+        if not isinstance(outputs, SimKDLogits):
+            raise ValueError(f"SimKDLoss needs a SimKDStudent's training-mode outputs (SimKDLogits), got {type(outputs).__name__}")
         target = self.teacher_features(batch)
-        projected = self.model.projected
-        if projected is None:
-            raise RuntimeError("SimKDLoss: the model has not run a forward pass")
-        per_example = (projected.float() - target.float()).pow(2).sum(dim=1)
-        if "weight" in batch:
-            per_example = per_example * batch["weight"]
-        return per_example.mean()
+        return (outputs.projected.float() - target.float()).pow(2).sum(dim=1).mean()
 
 
 @torch.no_grad()
@@ -737,3 +800,63 @@ def weights_by_group(weights: torch.Tensor, groups: torch.Tensor, num_groups: in
             }
         )
     return rows
+
+
+@dataclass(frozen=True)
+class ReadoutDiagnosis:
+    """What DeDiER relies on, measured on one readout's outputs over the training set.
+
+    Attributes:
+        stage: the student's stage the readout sat on.
+        by_group: per group (named): n, accuracy, mean_margin, mean_margin_wrong (readout_by_group).
+        retrieval: per margin m: flagged, precision, recall, base_rate, lift of "wrong with margin >= m" for
+            minority membership (confident_error_retrieval).
+        weights: per group (named): the DeDiER weights it would get (weights_by_group).
+        conflicting, aligned: (examples, readout accuracy, mean margin of its errors or NaN without errors) on the
+            bias-conflicting and on the bias-aligned examples.
+    """
+
+    stage: str
+    by_group: tuple[dict, ...]
+    retrieval: tuple[dict, ...]
+    weights: tuple[dict, ...]
+    conflicting: tuple[int, float, float]
+    aligned: tuple[int, float, float]
+
+
+def diagnose_readout(readout_logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, group_names: list[str],
+                     minority: torch.Tensor, *, alpha: float, beta: float, margins: tuple[float, ...], stage: str) -> ReadoutDiagnosis:
+    """Every diagnostic of one readout at once: accuracy and margins per group, how well its confident errors find
+    the minority groups at each margin threshold, and the DeDiER weights each group would get.
+
+    Args:
+        readout_logits: (N, C) readout logits on the training set.
+        labels, groups: (N,) classes and group ids; group_names: one name per group.
+        minority: (N,) bool, True for bias-conflicting examples.
+        alpha, beta: DeDiER's weight settings.
+        margins: the thresholds m of the retrieval table.
+        stage: where the readout sat (carried into the result).
+
+    Returns:
+        ReadoutDiagnosis.
+    """
+    logits, labels, groups, minority = readout_logits.cpu(), labels.cpu(), groups.cpu(), minority.cpu()
+    right, margin = logits.argmax(1) == labels, confidence_margin(logits)
+
+    def part(mask: torch.Tensor) -> tuple[int, float, float]:
+        wrong = mask & ~right
+        accuracy = float(right[mask].float().mean()) if bool(mask.any()) else math.nan
+        return int(mask.sum()), accuracy, float(margin[wrong].mean()) if bool(wrong.any()) else math.nan
+
+    def named(rows: list[dict]) -> tuple[dict, ...]:
+        return tuple({**row, "group": group_names[row["group"]]} for row in rows)
+
+    weights = dedier_weights(logits, labels, alpha=alpha, beta=beta)
+    return ReadoutDiagnosis(
+        stage=stage,
+        by_group=named(readout_by_group(logits, labels, groups, len(group_names))),
+        retrieval=tuple(confident_error_retrieval(logits, labels, minority, margin=m) for m in margins),
+        weights=named(weights_by_group(weights, groups, len(group_names))),
+        conflicting=part(minority),
+        aligned=part(~minority),
+    )

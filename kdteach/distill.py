@@ -12,7 +12,7 @@ to a student logit is (q - p) / T, so without it the soft term's gradients shrin
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -203,26 +203,41 @@ def cache_teacher_logits(teacher: nn.Module | Callable[[torch.Tensor], torch.Ten
     return torch.cat(chunks).float()
 
 
+class InstanceWeightSource(Protocol):
+    """Anything that gives per-example loss weights for a batch's rows: kdteach.debias.DeDiERReweighting (weights
+    that change every epoch) or kdteach.debias.InstanceWeights (fixed ones, e.g. JTT's)."""
+
+    def weights_for(self, index: torch.Tensor) -> torch.Tensor:
+        """(B,) weights of the dataset rows `index` (a batch's "index")."""
+        ...
+
+
 class KDLoss:
     """A loss_fn for kdteach.train.fit(): the distillation loss of a batch.
 
     The teacher's logits come from batch["teacher_logits"] when the training Batches carry cached logits
     (see cache_teacher_logits), else from running `teacher` on the batch's (possibly augmented) inputs.
-    Per-example weights come from batch["weight"] when present.
+    Per-example weights come only from `instance_weights`, an object the loss is given, looked up by the batch's
+    row indices (batch["index"]): nothing reaches the loss through the batches unannounced.
 
     Args:
         temperature: T for the soft term.
         soft_weight: weight of the soft term in [0, 1].
         teacher: the teacher, needed when the batches carry no cached logits.
+        instance_weights: per-example weights (e.g. DeDiERReweighting); None: every example weighs 1.
     """
 
-    def __init__(self, *, temperature: float, soft_weight: float, teacher: nn.Module | None = None) -> None:
+    def __init__(self, *, temperature: float, soft_weight: float, teacher: nn.Module | None = None,
+                 instance_weights: InstanceWeightSource | None = None) -> None:
         _check_temperature(temperature)
         if not 0.0 <= soft_weight <= 1.0:
             raise ValueError(f"soft_weight must be in [0, 1], got {soft_weight!r}")
+        if instance_weights is not None and not callable(getattr(instance_weights, "weights_for", None)):
+            raise ValueError(f"instance_weights must have a weights_for(index) method, got {type(instance_weights).__name__}")
         self.temperature = temperature
         self.soft_weight = soft_weight
         self.teacher = FrozenTeacher(teacher) if teacher is not None and not isinstance(teacher, FrozenTeacher) else teacher
+        self.instance_weights = instance_weights
 
     def teacher_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """The batch's cached teacher logits, or the teacher's logits on batch["x"]."""
@@ -235,13 +250,14 @@ class KDLoss:
         return self.teacher(batch["x"])
 
     def __call__(self, outputs: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        weights = None if self.instance_weights is None else self.instance_weights.weights_for(batch["index"])
         return kd_loss(
             outputs,
             self.teacher_logits(batch),
             batch.get("y"),
             temperature=self.temperature,
             soft_weight=self.soft_weight,
-            weights=batch.get("weight"),
+            weights=weights,
         )
 
 

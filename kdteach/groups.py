@@ -19,6 +19,7 @@ belongs to, and "test" weighting stays the plain accuracy over examples.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -34,6 +35,7 @@ __all__ = [
     "group_accuracy",
     "worst_group_accuracy",
     "average_accuracy",
+    "GroupMetrics",
     "group_metrics",
 ]
 
@@ -228,6 +230,45 @@ def average_accuracy(
     return float((np.nan_to_num(result.accuracy) * weights).sum() / weights.sum())
 
 
+@dataclass(frozen=True)
+class GroupMetrics:
+    """Every group number of one model on one split (accuracies as fractions in [0, 1]).
+
+    Attributes:
+        per_group: accuracy of each group, in group-id order; NaN for a group with no examples.
+        counts: examples in each group.
+        group_names: one name per group.
+        worst_group: the lowest accuracy over the non-empty groups.
+        worst_group_index: which group that is (the first of equals).
+        mean_over_groups: the unweighted mean over non-empty groups (weighting="uniform").
+        average_test: plain accuracy over the examples (weighting="test").
+        average_train_weighted: group accuracies weighted by TRAINING group proportions (weighting="train", the
+            Waterbirds convention); NaN when no training counts were given.
+    """
+
+    per_group: tuple[float, ...]
+    counts: tuple[int, ...]
+    group_names: tuple[str, ...]
+    worst_group: float
+    worst_group_index: int
+    mean_over_groups: float
+    average_test: float
+    average_train_weighted: float
+
+    def average(self, weighting: str) -> float:
+        """The average of a named convention: "train", "test" or "uniform" (see AVERAGE_CONVENTIONS)."""
+        values = {"train": self.average_train_weighted, "test": self.average_test, "uniform": self.mean_over_groups}
+        if weighting not in values:
+            raise ValueError(f"weighting must be one of {sorted(values)}, got {weighting!r}")
+        return values[weighting]
+
+    def accuracy_of(self, name: str) -> float:
+        """The accuracy of the group called name."""
+        if name not in self.group_names:
+            raise ValueError(f"name must be one of {list(self.group_names)}, got {name!r}")
+        return self.per_group[self.group_names.index(name)]
+
+
 def group_metrics(
     preds: ArrayLike,
     labels: ArrayLike,
@@ -236,26 +277,33 @@ def group_metrics(
     *,
     train_group_counts: ArrayLike | None = None,
     group_names: Sequence[str] | None = None,
-) -> dict[str, float]:
-    """Every group number of one model on one split, as a flat dict for a table row.
+) -> GroupMetrics:
+    """Every group number of one model on one split: per-group accuracy, worst group and the three averages.
 
     Args:
         preds, labels, groups, num_groups: as in group_accuracy.
-        train_group_counts: (G,) training counts; adds "average (train-weighted)" when given.
-        group_names: names of the groups for the per-group columns; default "group 0", "group 1", ...
+        train_group_counts: (G,) training counts, for average_train_weighted (NaN without them).
+        group_names: names of the groups; default "group 0", "group 1", ...
 
     Returns:
-        {"average (train-weighted)", "average (test)", "average (uniform)", "worst-group", one key per group}.
+        GroupMetrics.
     """
     result = group_accuracy(preds, labels, groups, num_groups)
-    names = list(group_names) if group_names is not None else [f"group {g}" for g in range(len(result.counts))]
+    names = tuple(group_names) if group_names is not None else tuple(f"group {g}" for g in range(len(result.counts)))
     if len(names) != len(result.counts):
         raise ValueError(f"group_names has {len(names)} names for {len(result.counts)} groups")
-    row: dict[str, float] = {}
+    if not (result.counts > 0).any():
+        raise ValueError("groups: every group is empty, so there is no worst group")
+    train_weighted = float("nan")
     if train_group_counts is not None:
-        row["average (train-weighted)"] = average_accuracy(preds, labels, groups, num_groups, weighting="train", train_group_counts=train_group_counts)
-    row["average (test)"] = average_accuracy(preds, labels, groups, num_groups, weighting="test")
-    row["average (uniform)"] = average_accuracy(preds, labels, groups, num_groups, weighting="uniform")
-    row["worst-group"] = float(np.nanmin(result.accuracy))
-    row.update({name: float(acc) for name, acc in zip(names, result.accuracy)})
-    return row
+        train_weighted = average_accuracy(preds, labels, groups, num_groups, weighting="train", train_group_counts=train_group_counts)
+    return GroupMetrics(
+        per_group=tuple(float(a) for a in result.accuracy),
+        counts=tuple(int(c) for c in result.counts),
+        group_names=names,
+        worst_group=float(np.nanmin(result.accuracy)),
+        worst_group_index=int(np.nanargmin(result.accuracy)),
+        mean_over_groups=average_accuracy(preds, labels, groups, num_groups, weighting="uniform"),
+        average_test=average_accuracy(preds, labels, groups, num_groups, weighting="test"),
+        average_train_weighted=train_weighted,
+    )

@@ -635,3 +635,158 @@ def text_weight_share_sentences(shares: Any) -> list[str]:
     examples = sum(shares.share_of_examples[g] for g in shares.conflicting)
     return [f"alpha={a:g}: the groups where the cue points to the wrong label carry {sum(by_alpha[g] for g in shares.conflicting):.0%} "
             f"of the weight; they are {examples:.0%} of the examples." for a, by_alpha in zip(shares.alphas, shares.weight_share)]
+
+
+# Notebooks 02 and 03 (kdteach.experiments.spurious, .dedier): tables and sentences. A difference between two models
+# or settings is decided by paired_comparison over seeds; a single number against a fixed target names the target.
+
+
+def group_metrics_rows(named: Mapping[str, Any], *, digits: int = 1) -> list[dict[str, Any]]:
+    """One table row per name of a {name: GroupMetrics} mapping, in percent: the three averages under their
+    conventions' names, the worst group, and each group."""
+    return [{"model": name, "average (train-weighted)": f"{100 * m.average_train_weighted:.{digits}f}",
+             "average (test)": f"{100 * m.average_test:.{digits}f}", "mean over groups": f"{100 * m.mean_over_groups:.{digits}f}",
+             "worst-group": f"{100 * m.worst_group:.{digits}f}", **{g: f"{100 * a:.{digits}f}" for g, a in zip(m.group_names, m.per_group)}}
+            for name, m in named.items()]
+
+
+def paired_findings(values: Mapping[str, Mapping[Any, float]], pairs: Sequence[tuple[str, str]], *, what: str,
+                    names: Mapping[str, str] | None = None) -> list[str]:
+    """One comparison_sentence per (ours, reference) pair whose two members are in values, paired over seeds.
+
+    Args:
+        values: name -> {seed: value}.
+        pairs: (ours, reference) names, in the order to print.
+        what: the quantity, e.g. "test worst-group accuracy".
+        names: display names (default: the names themselves).
+
+    Returns:
+        The sentences.
+    """
+    names = names or {}
+    return [comparison_sentence(paired_comparison(values[a], values[b]), what=what, ours=names.get(a, a), reference=names.get(b, b))
+            for a, b in pairs if a in values and b in values]
+
+
+def spurious_findings(result: Any) -> list[str]:
+    """Notebook 02's findings from a spurious.SpuriousResult: each distilled student against its teacher and against
+    the student trained alone (spurious.PAIRS), on test worst-group accuracy."""
+    from kdteach.experiments.spurious import MODEL_NAMES, PAIRS
+
+    values = {key: result.per_seed(key) for key in MODEL_NAMES}
+    lines = [smoke_note(result.config.mode)] if result.config.mode == "smoke" else []
+    return lines + paired_findings(values, PAIRS, what="test worst-group accuracy", names=MODEL_NAMES)
+
+
+def probe_findings(probes: Mapping[str, Sequence[Any]], *, threshold: float = 0.9) -> list[str]:
+    """Per model, the first stage whose linear probe reaches `threshold` balanced accuracy, for the spurious attribute
+    and for the label (StageProbe rows of one seed: a description of that seed, not a comparison)."""
+    lines = []
+    for name, rows in probes.items():
+        parts = []
+        for target, words in (("spurious", "the spurious attribute"), ("label", "the label")):
+            first = next((r.stage for r in rows if getattr(r, target) >= threshold), None)
+            best = max(rows, key=lambda r: getattr(r, target))
+            where = f"from {first} on" if first else f"at no stage (best {getattr(best, target):.1%} at {best.stage})"
+            parts.append(f"{words} reaches {threshold:.0%} balanced accuracy {where}")
+        lines.append(f"{name} (one seed): " + "; ".join(parts) + ".")
+    return lines
+
+
+def dedier_label(result: Any, by: str = "method") -> str:
+    """What names a dedier.StudentResult in a table: its method, or its DeDiER setting's "alpha, beta", stage or variant."""
+    if by == "method":
+        return result.method
+    setting = result.setting
+    labels = {"alpha, beta": lambda: f"{setting.alpha:g}, {setting.beta:g}", "stage": lambda: setting.stage, "variant": lambda: setting.variant}
+    if by not in labels:
+        raise ValueError(f"by must be 'method' or one of {tuple(labels)}, got {by!r}")
+    return labels[by]()
+
+
+def dedier_per_seed(results: Sequence[Any], by: str = "method", metric: str = "worst_group") -> dict[str, dict[int, float]]:
+    """label -> {seed: a GroupMetrics field} of dedier.StudentResults (students without a test score are left out)."""
+    values: dict[str, dict[int, float]] = {}
+    for r in results:
+        if r.test is not None:
+            values.setdefault(dedier_label(r, by), {})[r.seed] = float(getattr(r.test, metric))
+    return values
+
+
+def dedier_summary_rows(results: Sequence[Any], *, by: str = "method") -> list[dict[str, Any]]:
+    """One row per label (method or setting) of dedier.StudentResults: seeds, worst-group, mean over groups (the
+    selection metric's convention) and train-weighted average as mean ± std (%), the epochs kept, and notes."""
+    labels = list(dict.fromkeys(dedier_label(r, by) for r in results))
+    rows = []
+    for label in labels:
+        mine = [r for r in results if dedier_label(r, by) == label]
+        scored = [r.test for r in mine if r.test is not None]
+        rows.append({"dataset": mine[0].dataset, by: label, "seeds": len(scored),
+                     "worst-group": mean_std([t.worst_group for t in scored], scale=100),
+                     "mean over groups": mean_std([t.mean_over_groups for t in scored], scale=100),
+                     "average (train-weighted)": mean_std([t.average_train_weighted for t in scored], scale=100),
+                     "epochs kept": ", ".join(str(r.epoch_kept) if r.epoch_kept else "-" for r in mine),
+                     "note": "; ".join(sorted({r.note.split(". ")[0] for r in mine if r.note}))})
+    return rows
+
+
+def dedier_findings(results: Sequence[Any], *, mode: str = "full") -> list[str]:
+    """The findings of one dataset's comparison (dedier.compare): DeDiER against KD on worst-group and average accuracy,
+    then against every other method on worst-group accuracy, all paired over seeds; seeds where DeDiER and KD score
+    exactly alike are named; the methods' notes."""
+    lines = [smoke_note(mode)] if mode == "smoke" else []
+    worst, average = dedier_per_seed(results), dedier_per_seed(results, metric="average_train_weighted")
+    if "DeDiER" in worst and "KD" in worst:
+        lines.append(comparison_sentence(paired_comparison(worst["DeDiER"], worst["KD"]), what="test worst-group accuracy", ours="DeDiER", reference="KD"))
+        lines.append(comparison_sentence(paired_comparison(average["DeDiER"], average["KD"]), what="test average accuracy (train-weighted)",
+                                         ours="DeDiER", reference="KD"))
+        by_seed = {(r.method, r.seed): r for r in results if r.method in ("DeDiER", "KD") and r.test is not None}
+        same = [s for s in worst["DeDiER"] if ("KD", s) in by_seed and by_seed["DeDiER", s].test == by_seed["KD", s].test]
+        if same:
+            kept = ", ".join(f"seed {s}: epochs {by_seed['DeDiER', s].epoch_kept} and {by_seed['KD', s].epoch_kept}" for s in same)
+            lines.append(f"DeDiER and KD score exactly alike on every test group in {len(same)} seed(s) ({kept} kept): in those seeds "
+                         "the comparison cannot tell the two methods apart.")
+    lines += paired_findings(worst, [("DeDiER", m) for m in worst if m not in ("DeDiER", "KD")], what="test worst-group accuracy")
+    if "Group DRO" in worst:
+        lines.append("Group DRO uses the group label of every training example; the other methods use none.")
+    return lines + [f"{r.method} (seed {r.seed}): {r.note}" for r in results if r.note]
+
+
+def dedier_ablation_findings(results: Sequence[Any], by: str, *, reference: str) -> list[str]:
+    """Every setting of an ablation (dedier.ablation) against the reference setting, on test worst-group accuracy, paired."""
+    values = dedier_per_seed(results, by)
+    return paired_findings(values, [(label, reference) for label in values if label != reference], what="test worst-group accuracy",
+                           names={label: f"DeDiER ({by} {label})" for label in values})
+
+
+def dedier_readout_findings(diag: Any, *, strong: float = 5.0, some: float = 1.5) -> list[str]:
+    """What one readout diagnosis (debias.ReadoutDiagnosis) shows: its accuracy on bias-conflicting against
+    bias-aligned examples, and how enriched in the minority groups its most confident errors are (lift over the base
+    rate against the stated thresholds). One readout of one seed: a description, not a comparison."""
+    lines = []
+    for name, (n, accuracy, margin) in (("bias-conflicting", diag.conflicting), ("bias-aligned", diag.aligned)):
+        margin_words = "n/a (no errors)" if math.isnan(margin) else f"{margin:.2f}"
+        lines.append(f"On the {n} {name} training examples, the readout at {diag.stage} is right on {accuracy:.1%}; "
+                     f"the mean margin of its errors there is {margin_words}.")
+    flagged = [r for r in diag.retrieval if r["flagged"] > 0]
+    if not flagged:
+        return lines + ["The readout makes no error at any margin threshold, so there is nothing to upweight."]
+    top = max(flagged, key=lambda r: r["margin"])
+    words = f"over {strong:g}x: strongly enriched" if top["lift"] > strong else f"over {some:g}x: enriched" if top["lift"] > some else f"at most {some:g}x: hardly enriched"
+    return lines + [f"Errors with margin >= {top['margin']:.2f}: precision {top['precision']:.1%} for the minority groups against a base "
+                    f"rate of {top['base_rate']:.1%} (lift {top['lift']:.1f}x, {words}), recall {top['recall']:.1%}."]
+
+
+def dedier_sentences(result: Any, *, mode: str = "full") -> list[str]:
+    """Every sentence about a dedier.DeDiERResult: per dataset the teacher, the readout and the comparison; then the ablations."""
+    lines, cfg = [], result.config
+    for dataset, results in result.comparisons.items():
+        teacher = result.teachers[dataset]
+        lines.append(f"{dataset}: the teacher's test worst-group accuracy is {teacher.worst_group:.1%}, its average (train-weighted) "
+                     f"{teacher.average_train_weighted:.1%}.")
+        lines += dedier_readout_findings(result.readouts[dataset]) + dedier_findings(results, mode=mode)
+    references = {"alpha, beta": f"{cfg.alpha:g}, {cfg.beta:g}", "stage": cfg.readout_stage, "variant": "as in the paper"}
+    for by, results in result.ablations.items():
+        lines += dedier_ablation_findings(results, by, reference=references[by])
+    return lines
+

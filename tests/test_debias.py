@@ -95,6 +95,7 @@ from kdteach.debias import (  # noqa: E402
     DeDiERReweighting,
     EarlyReadout,
     GroupDROLoss,
+    InstanceWeights,
     SimKDLoss,
     SimKDStudent,
     confident_error_retrieval,
@@ -103,9 +104,10 @@ from kdteach.debias import (  # noqa: E402
     parameters_upto,
     readout_by_group,
     teacher_features,
+    WeightedCrossEntropy,
     weights_by_group,
 )
-from kdteach.distill import KDLoss, kd_loss  # noqa: E402
+from kdteach.distill import KDLoss, kd_loss, kd_loss_per_example  # noqa: E402
 from kdteach.models.mlp import MLP  # noqa: E402
 from kdteach.train import fit  # noqa: E402
 
@@ -229,14 +231,51 @@ def test_dedier_reweighting_writes_fresh_weights_each_epoch():
     student, batches = TinyConvNet(), distill_batches()
     readout = EarlyReadout("stem", 2, head="linear")
     reweight = DeDiERReweighting(student, readout, batches, alpha=1.0, beta=2.0)
-    assert torch.equal(batches.tensors["weight"], torch.ones(64))  # epoch 0 is plain KD
+    assert torch.equal(reweight.weights, torch.ones(64))  # epoch 0 is plain KD
     optimizer = torch.optim.SGD(student.parameters(), lr=0.05)
-    history = fit(student, batches, epochs=2, optimizer=optimizer, loss_fn=KDLoss(temperature=3.0, soft_weight=1.0),
-                  on_epoch_end=reweight, progress=False)
+    history = fit(student, batches, epochs=2, optimizer=optimizer, on_epoch_end=reweight, progress=False,
+                  loss_fn=KDLoss(temperature=3.0, soft_weight=1.0, instance_weights=reweight))
     logits = readout.predict(student, batches)
     expected = dedier_weights(logits, batches.tensors["y"], alpha=1.0, beta=2.0)
-    assert torch.allclose(batches.tensors["weight"], expected)
+    assert torch.allclose(reweight.weights, expected)
+    assert "weight" not in batches.tensors  # nothing is written into the training data
     assert "upweighted_fraction" in history.last and "readout_train_acc" in history.last
+
+
+def test_kd_loss_reads_the_reweighting_it_was_given():
+    torch.manual_seed(0)
+    student, batches = TinyConvNet(), distill_batches(8)
+    reweight = DeDiERReweighting(student, EarlyReadout("stem", 2, head="linear"), batches, alpha=1.0, beta=2.0)
+    state = reweight.state_dict()
+    state["weight"] = torch.arange(1.0, 9.0)
+    reweight.load_state_dict(state)
+    batch = next(iter(Batches(batches.tensors, 8, shuffle=True, seed=3)))
+    outputs = student(batch["x"])
+    weighted = KDLoss(temperature=2.0, soft_weight=1.0, instance_weights=reweight)(outputs, batch)
+    per_example = kd_loss_per_example(outputs, batch["teacher_logits"], temperature=2.0, soft_weight=1.0)
+    assert torch.allclose(weighted, (per_example * (batch["index"] + 1).float()).mean())  # row i weighs i + 1
+    with pytest.raises(ValueError, match="instance_weights"):
+        KDLoss(temperature=2.0, soft_weight=1.0, instance_weights=torch.ones(8))
+
+
+def test_a_reweighting_no_loss_reads_is_an_error_not_plain_kd():
+    torch.manual_seed(0)
+    student, batches = TinyConvNet(), distill_batches()
+    reweight = DeDiERReweighting(student, EarlyReadout("stem", 2, head="linear"), batches, alpha=1.0, beta=2.0)
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.05)
+    with pytest.raises(RuntimeError, match="instance_weights"):  # the loss was not given the reweighting
+        fit(student, batches, epochs=3, optimizer=optimizer, loss_fn=KDLoss(temperature=3.0, soft_weight=1.0),
+            on_epoch_end=reweight, progress=False)
+
+
+def test_weighted_cross_entropy_by_hand():
+    outputs, labels = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), torch.tensor([0, 0, 1])
+    weights = InstanceWeights(torch.tensor([1.0, 20.0, 1.0]))
+    batch = {"y": labels, "index": torch.tensor([2, 1, 0])}  # rows 2, 1, 0 of the dataset, in this order
+    ce = torch.nn.functional.cross_entropy(outputs, labels, reduction="none")
+    assert torch.allclose(WeightedCrossEntropy(weights)(outputs, batch), (ce * torch.tensor([1.0, 20.0, 1.0])).mean())
+    with pytest.raises(ValueError, match="non-negative"):
+        InstanceWeights(torch.tensor([1.0, -1.0]))
 
 
 def test_start_after_keeps_plain_kd_for_that_many_epochs():
@@ -245,11 +284,11 @@ def test_start_after_keeps_plain_kd_for_that_many_epochs():
     readout = EarlyReadout("stem", 2, head="linear")
     reweight = DeDiERReweighting(student, readout, batches, alpha=1.0, beta=2.0, start_after=3)
     assert reweight(0, student) == {} and reweight(1, student) == {}  # epochs 0 and 1: plain KD
-    assert torch.equal(batches.tensors["weight"], torch.ones(64)) and readout.fits == 0
+    assert torch.equal(reweight.weights, torch.ones(64)) and readout.fits == 0
     row = reweight(2, student)  # after the third epoch: the first reweighting
     expected = dedier_weights(readout.predict(student, batches), batches.tensors["y"], alpha=1.0, beta=2.0)
     assert readout.fits == 1 and "upweighted_fraction" in row
-    assert torch.allclose(batches.tensors["weight"], expected)
+    assert torch.allclose(reweight.weights, expected)
     with pytest.raises(ValueError, match="start_after"):
         DeDiERReweighting(student, readout, batches, alpha=1.0, beta=2.0, start_after=0)
 
@@ -257,7 +296,9 @@ def test_start_after_keeps_plain_kd_for_that_many_epochs():
 def test_sticky_weights_keep_an_old_upweight():
     student, batches = TinyConvNet(), distill_batches(8)
     reweight = DeDiERReweighting(student, EarlyReadout("stem", 2, head="linear"), batches, alpha=1.0, beta=2.0, sticky=True)
-    batches.tensors["weight"] = torch.full((8,), 5.0)  # as if every example had been wrong before
+    state = reweight.state_dict()
+    state["weight"] = torch.full((8,), 5.0)  # as if every example had been wrong before
+    reweight.load_state_dict(state)
     reweight(0, student)
     wrong = reweight.readout_logits.argmax(1) != batches.tensors["y"]
     fresh = dedier_weights(reweight.readout_logits, batches.tensors["y"], alpha=1.0, beta=2.0)
@@ -382,7 +423,7 @@ def test_simkd_student_reads_through_the_frozen_teacher_head():
     batches.tensors["teacher_features"] = teacher_features(teacher, batches)
     head_before = simkd.teacher_head.weight.clone()
     optimizer = torch.optim.Adam([p for p in simkd.parameters() if p.requires_grad], lr=1e-2)
-    history = fit(simkd, batches, epochs=3, optimizer=optimizer, loss_fn=SimKDLoss(simkd), progress=False)
+    history = fit(simkd, batches, epochs=3, optimizer=optimizer, loss_fn=SimKDLoss(), progress=False)
     assert torch.equal(simkd.teacher_head.weight, head_before)
     assert torch.equal(simkd.teacher_head.weight, teacher.classifier.weight)
     assert history.epochs[-1]["train_loss"] < history.epochs[0]["train_loss"]
@@ -390,12 +431,16 @@ def test_simkd_student_reads_through_the_frozen_teacher_head():
     assert torch.allclose(simkd.eval()(x), teacher.classifier(simkd.projector(student.features(x)["pooled"])), atol=1e-6)
     # Without cached features, the loss runs the teacher on the batch: the same number.
     batch = {"x": x, "teacher_features": batches.tensors["teacher_features"][:4]}
-    outputs = simkd(x)
-    cached = SimKDLoss(simkd)(outputs, batch)
-    live = SimKDLoss(simkd, teacher=teacher)(outputs, {"x": x})
+    outputs = simkd.train()(x)  # training mode: the logits carry their projected features
+    assert outputs.projected.shape == (4, teacher.classifier.in_features)
+    assert torch.allclose(outputs, simkd.teacher_head(outputs.projected))  # the logits are read from these features
+    cached = SimKDLoss()(outputs, batch)
+    live = SimKDLoss(teacher=teacher)(outputs, {"x": x})
     assert torch.allclose(cached, live, atol=1e-5)
     with pytest.raises(ValueError, match="teacher"):
-        SimKDLoss(simkd)(outputs, {"x": x})
+        SimKDLoss()(outputs, {"x": x})
+    with pytest.raises(ValueError, match="SimKDLogits"):  # eval-mode logits carry no projection
+        SimKDLoss()(simkd.eval()(x), batch)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -434,16 +479,17 @@ def test_readout_and_weights_by_group():
 def test_plots_draw_one_panel_per_group_and_one_point_per_method():
     import matplotlib.pyplot as plt
 
-    from kdteach.experiments.dedier import summarize
+    from kdteach.experiments.dedier import StudentResult
+    from kdteach.groups import group_metrics
     from kdteach.plots import plot_margin_histograms, plot_method_comparison
 
     logits = torch.randn(40, 2)
     fig = plot_margin_histograms(logits, torch.randint(0, 2, (40,)), torch.arange(40) % 4, ["a", "b", "c", "d"])
     assert len(fig.axes) == 4
     plt.close(fig)
-    rows = [{"dataset": "d", "method": m, "seed": s, "worst-group": 0.5 + 0.01 * s, "average (train-weighted)": 0.9}
-            for m in ("KD", "DeDiER") for s in range(3)]
-    fig = plot_method_comparison(summarize(rows))
+    test = group_metrics([0, 1, 1, 0], [0, 1, 0, 0], [0, 1, 2, 3], 4, train_group_counts=[4, 3, 2, 1])
+    results = [StudentResult("d", m, s, None, test, 3, 1, 0.5) for m in ("KD", "DeDiER") for s in range(3)]
+    fig = plot_method_comparison(results)
     assert len(fig.axes[0].containers) == 2  # one errorbar per method
     plt.close(fig)
     with pytest.raises(ValueError, match="same length"):

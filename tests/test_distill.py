@@ -166,8 +166,13 @@ def test_cache_teacher_logits_matches_forward_and_refuses_augmentation():
 def test_kdloss_reads_cached_logits_and_weights():
     s, t, y = torch.randn(6, 4), torch.randn(6, 4), torch.randint(0, 4, (6,))
     w = torch.rand(6)
-    batch = {"x": torch.zeros(6, 1), "y": y, "teacher_logits": t, "weight": w}
-    got = KDLoss(temperature=3.0, soft_weight=0.8)(s, batch)
-    torch.testing.assert_close(got, kd_loss(s, t, y, temperature=3.0, soft_weight=0.8, weights=w))
+    index = torch.tensor([5, 0, 3, 1, 4, 2])  # the batch's rows in the dataset
+    batch = {"x": torch.zeros(6, 1), "y": y, "teacher_logits": t, "index": index}
+    source = type("Weights", (), {"weights_for": lambda self, rows: w[rows]})()  # weights the loss is given, by row
+    got = KDLoss(temperature=3.0, soft_weight=0.8, instance_weights=source)(s, batch)
+    torch.testing.assert_close(got, kd_loss(s, t, y, temperature=3.0, soft_weight=0.8, weights=w[index]))
+    # A "weight" tensor riding in the batch is not a side channel into the loss: it is ignored.
+    unweighted = KDLoss(temperature=3.0, soft_weight=0.8)(s, {**batch, "weight": w})
+    torch.testing.assert_close(unweighted, kd_loss(s, t, y, temperature=3.0, soft_weight=0.8))
     with pytest.raises(ValueError, match="no teacher"):
         KDLoss(temperature=3.0, soft_weight=0.8)(s, {"x": batch["x"], "y": y})

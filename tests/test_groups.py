@@ -77,10 +77,26 @@ def test_overlapping_groups_as_a_membership_matrix():
 def test_group_ids_and_metrics_row():
     assert group_ids(torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1])).tolist() == [0, 1, 2, 3]
     assert group_ids([2, 1], [2, 0], num_attributes=3).tolist() == [8, 3]
-    row = group_metrics(PREDS, LABELS, GROUPS, 4, train_group_counts=TRAIN_COUNTS, group_names=list("abcd"))
-    assert row["worst-group"] == 0.5 and row["a"] == 0.5 and math.isnan(row["c"])
-    assert {"average (train-weighted)", "average (test)", "average (uniform)"} <= set(row)
+    metrics = group_metrics(PREDS, LABELS, GROUPS, 4, train_group_counts=TRAIN_COUNTS, group_names=list("abcd"))
+    assert metrics.worst_group == 0.5 and metrics.worst_group_index == 0 and metrics.accuracy_of("a") == 0.5
+    assert math.isnan(metrics.per_group[2]) and metrics.counts == (4, 2, 0, 1) and metrics.group_names == tuple("abcd")
+    # The same numbers as the single-convention functions, each under its own name.
+    assert metrics.average_test == pytest.approx(5 / 7) and metrics.average("test") == metrics.average_test
+    assert metrics.mean_over_groups == pytest.approx(2.5 / 3)
+    assert metrics.average("train") == pytest.approx((0.5 * 10 + 5 + 2) / 17)
     assert set(AVERAGE_CONVENTIONS) == {"train", "test", "uniform"}
+    # Without training counts the train-weighted average is NaN, not a silently different convention.
+    assert math.isnan(group_metrics(PREDS, LABELS, GROUPS, 4).average_train_weighted)
+    with pytest.raises(ValueError, match="weighting"):
+        metrics.average("mean")
+    with pytest.raises(ValueError, match="name"):
+        metrics.accuracy_of("e")
+
+
+def test_worst_group_index_can_point_at_the_majority_group():
+    # Group 1 (3 examples, the majority) is all wrong; group 0 (1 example) right: the worst is the majority group.
+    metrics = group_metrics([0, 0, 0, 0], [0, 1, 1, 1], [0, 1, 1, 1], 2)
+    assert (metrics.worst_group, metrics.worst_group_index) == (0.0, 1)
 
 
 @pytest.mark.parametrize(

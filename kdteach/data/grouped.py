@@ -38,6 +38,9 @@ __all__ = [
     "colored_digits",
     "waterbirds",
     "celeba",
+    "DATASETS",
+    "load_splits",
+    "training_augmentation",
 ]
 
 SPLITS = ("train", "val", "test")
@@ -530,6 +533,45 @@ def colored_digits(
         class_names=class_names,
         attribute_names=attribute_names,
     )
+
+
+DATASETS = ("waterbirds_like", "colored_digits", "waterbirds", "celeba")
+
+
+def load_splits(dataset: str, sizes: Mapping[str, int | None], *, image_size: int, p_corr: float, seed: int) -> dict[str, GroupedData]:
+    """The train, val and test splits of one of DATASETS, by name (what notebooks 02 and 03 train on).
+
+    Args:
+        dataset: "waterbirds_like" or "colored_digits" (generated stand-ins), "waterbirds" or "celeba" (read from the
+            data folders).
+        sizes: {"train": n, "val": n, "test": n}; None takes a whole split.
+        image_size: side of waterbirds_like's and the real datasets' images (colored_digits stay at 28).
+        p_corr: P(spurious attribute agrees with label) in the stand-ins' training split.
+        seed: seed of the draw (and of the real datasets' subsampling).
+
+    Returns:
+        {split: GroupedData}.
+    """
+    loaders = {
+        "waterbirds_like": lambda split, n: waterbirds_like(split, n, image_size=image_size, p_corr=p_corr, seed=seed),
+        "colored_digits": lambda split, n: colored_digits(split, n, p_corr=p_corr, seed=seed),
+        "waterbirds": lambda split, n: waterbirds(None, split, image_size=image_size, n=n, seed=seed),
+        "celeba": lambda split, n: celeba(None, split, image_size=image_size, n=n, seed=seed),
+    }
+    if dataset not in loaders:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    return {split: loaders[dataset](split, sizes[split]) for split in SPLITS}
+
+
+def training_augmentation(dataset: str, image_size: int) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """The flips and shifts that keep a dataset's labels: waterbirds_like is flipped both ways (a standing bird
+    upside down still stands), photographs are only mirrored, digits only shifted (a mirrored digit is another
+    digit). Shifts of up to image_size // 8 pixels (2 for the 28-pixel digits)."""
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    if dataset == "colored_digits":
+        return flip_and_shift(2, horizontal=False, vertical=False)
+    return flip_and_shift(max(1, image_size // 8), vertical=dataset == "waterbirds_like")
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -11,15 +11,20 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 import torch
 from torch import nn
 
 from kdteach import runtime
 from kdteach.data.batches import Batches
-from kdteach.train import History, fit
+from kdteach.train import History, fit, predict
+
+if TYPE_CHECKING:
+    from kdteach.data.grouped import GroupedData
+    from kdteach.groups import GroupMetrics
 
 C = TypeVar("C")
 
@@ -65,6 +70,23 @@ def run_key(*parts: Any) -> str:
     """
     text = json.dumps([_canonical(p) for p in parts], sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def fields_of(config: Any, names: Sequence[str]) -> dict[str, Any]:
+    """{name: value} of some fields of a config dataclass: the part of it that decides one model (for checkpoint_path).
+
+    Args:
+        config: the configuration.
+        names: the fields that decide the model (an experiment lists them, and a test checks that every other field
+            is named as not deciding).
+
+    Returns:
+        The fields and their values, in the order given.
+    """
+    missing = [name for name in names if not hasattr(config, name)]
+    if missing:
+        raise ValueError(f"names holds fields {type(config).__name__} does not have: {missing}")
+    return {name: getattr(config, name) for name in names}
 
 
 def checkpoint_path(experiment: str, role: str, *decides: Any) -> Path:
@@ -181,6 +203,14 @@ def train_or_load(
     return history
 
 
+def train_or_load_adamw(model: nn.Module, train: Batches, *, path: Path, epochs: int, lr: float, weight_decay: float,
+                        device: torch.device | str, **kwargs: Any) -> History:
+    """train_or_load() with optimizer_and_schedule()'s AdamW and a cosine schedule to zero over the whole run (the
+    recipe of notebooks 02 and 03); kwargs go to train_or_load (progress, desc, loss_fn, metrics, select, ...)."""
+    optimizer, scheduler = optimizer_and_schedule(model, total_steps=epochs * len(train), lr=lr, weight_decay=weight_decay)
+    return train_or_load(model, train, path=path, epochs=epochs, optimizer=optimizer, scheduler=scheduler, device=device, **kwargs)
+
+
 def group_val_metrics(predict_logits: Callable[[nn.Module], torch.Tensor], labels: torch.Tensor, groups: torch.Tensor,
                       num_groups: int) -> Callable[[nn.Module], dict[str, float]]:
     """fit()'s `metrics` for group robustness: validation worst-group and mean-over-groups accuracy per epoch.
@@ -197,8 +227,53 @@ def group_val_metrics(predict_logits: Callable[[nn.Module], torch.Tensor], label
 
     def metrics(model: nn.Module) -> dict[str, float]:
         scores = group_metrics(predict_logits(model), labels, groups, num_groups)
-        worst = scores.worst_group if hasattr(scores, "worst_group") else scores["worst-group"]
-        mean = scores.mean_over_groups if hasattr(scores, "mean_over_groups") else scores["average (uniform)"]
-        return {"val_worst_group": float(worst), "val_mean_group": float(mean)}
+        return {"val_worst_group": scores.worst_group, "val_mean_group": scores.mean_over_groups}
 
     return metrics
+
+
+SELECTION = "selection score"  # the History column every group-robustness run selects its epoch by
+TIE_BREAK = 1e-9  # per epoch: far below one validation example's share, so it only ever decides exact ties
+
+
+def selection_metrics(val: "GroupedData", train: Batches, *, by: str = "val_mean_group", first_epoch: int = 0,
+                      batch_size: int = 512) -> Callable[[nn.Module], dict[str, float]]:
+    """fit()'s `metrics` for a group-robustness run: group_val_metrics on val, plus the epoch-selection rule of
+    notebooks 02 and 03 as the column SELECTION (pass select=SELECTION to fit()).
+
+    The rule: keep the epoch with the best `by` among epochs >= first_epoch (earlier ones score -inf, so a model can
+    never be kept from before, e.g., DeDiER's first reweighting); exact ties go to the LATER epoch (score = value +
+    TIE_BREAK * epoch), never silently to epoch 0.
+
+    Args:
+        val: the validation split (a GroupedData).
+        train: the training Batches fit() runs on (fit sets train.epoch before each epoch: the epoch counted here).
+        by: "val_mean_group" (mean over groups, as in the official DeDiER code) or "val_worst_group".
+        first_epoch: the first eligible epoch (0-based).
+        batch_size: rows per validation forward pass.
+
+    Returns:
+        model -> {"val_worst_group", "val_mean_group", SELECTION}.
+    """
+    if by not in ("val_mean_group", "val_worst_group"):
+        raise ValueError(f"by must be 'val_mean_group' or 'val_worst_group', got {by!r}")
+    batches = val.batches(batch_size, device=train.device)
+    metrics = group_val_metrics(lambda model: predict(model, batches), val.labels, val.groups, val.num_groups)
+
+    def with_score(model: nn.Module) -> dict[str, float]:
+        row = metrics(model)
+        eligible = train.epoch >= first_epoch
+        return {**row, SELECTION: row[by] + TIE_BREAK * train.epoch if eligible else -math.inf}
+
+    return with_score
+
+
+def score_groups(model: nn.Module, data: "GroupedData", train_counts: Any, *, batch_size: int = 512) -> "GroupMetrics":
+    """A model's GroupMetrics on a grouped split (train_counts: training examples per group, for the Waterbirds
+    convention's train-weighted average). The model runs on its own device."""
+    from kdteach.groups import group_metrics
+
+    device = next(model.parameters()).device
+    logits = predict(model, data.batches(batch_size, device=device))
+    return group_metrics(logits, data.labels, data.groups, data.num_groups, train_group_counts=train_counts,
+                         group_names=data.group_names)

@@ -10,6 +10,7 @@ import torch
 from matplotlib.figure import Figure
 
 from kdteach.debias import confidence_margin
+from kdteach.report import dedier_per_seed, summarize_seeds
 
 __all__ = ["plot_margin_histograms", "plot_method_comparison"]
 
@@ -53,23 +54,27 @@ def plot_margin_histograms(readout_logits: torch.Tensor, labels: torch.Tensor, g
     return fig
 
 
-def plot_method_comparison(summary: Sequence[dict[str, Any]], *, title: str = "") -> Figure:
-    """Worst-group against average accuracy, one point per method with seed-spread error bars.
+def plot_method_comparison(results: Sequence[Any], *, title: str = "") -> Figure:
+    """Worst-group against average (train-weighted) accuracy, one point per method: the mean over seeds, with the
+    seed-to-seed standard deviation as error bars where there are two seeds or more.
 
     Args:
-        summary: rows of kdteach.experiments.dedier.summarize (method, worst/average mean and std in percent).
+        results: kdteach.experiments.dedier.StudentResult of one dataset (students without a test score are skipped).
         title: figure title.
 
     Returns:
         The figure.
     """
+    worst, average = dedier_per_seed(results), dedier_per_seed(results, metric="average_train_weighted")
+    if not worst:
+        raise ValueError("results holds no scored student")
+    def error(summary: Any) -> float | None:
+        return None if math.isnan(summary.std) else 100 * summary.std
+
     fig, ax = plt.subplots(figsize=(5.0, 4.0))
-    for row in summary:
-        if math.isnan(row["worst mean"]):
-            continue
-        xerr = None if math.isnan(row["average std"]) else row["average std"]
-        yerr = None if math.isnan(row["worst std"]) else row["worst std"]
-        ax.errorbar(row["average mean"], row["worst mean"], xerr=xerr, yerr=yerr, fmt="o", capsize=3, label=row["method"])
+    for method in worst:
+        w, a = summarize_seeds(list(worst[method].values())), summarize_seeds(list(average[method].values()))
+        ax.errorbar(100 * a.mean, 100 * w.mean, xerr=error(a), yerr=error(w), fmt="o", capsize=3, label=method)
     ax.set_xlabel("average accuracy, train-weighted (%)")
     ax.set_ylabel("worst-group accuracy (%)")
     ax.legend(fontsize=8)

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from kdteach.groups import GroupMetrics
+
 __all__ = ["plot_group_grid", "plot_group_accuracies", "plot_probes"]
 
 
@@ -44,27 +46,27 @@ def plot_group_grid(data, per_group: int = 8, *, seed: int = 0) -> Figure:
     return fig
 
 
-def plot_group_accuracies(rows: Sequence[Mapping[str, float | str]], group_names: Sequence[str], *, extra: Sequence[str] = ("worst-group",)) -> Figure:
+def plot_group_accuracies(by_model: Mapping[str, Sequence[GroupMetrics]], *, worst_group: bool = True) -> Figure:
     """Bars of each model's per-group test accuracy, mean over seeds, with the seed-to-seed std as error bars.
 
     Args:
-        rows: one row per (model, seed) with "model" and a value per group (kdteach.experiments.spurious.run_seed).
-        group_names: the group columns to plot.
-        extra: more columns to plot after the groups (e.g. "worst-group").
+        by_model: model name -> one GroupMetrics per seed (e.g. kdteach.experiments.spurious.SpuriousResult.by_model()).
+        worst_group: add a last group of bars for the worst-group accuracy.
 
     Returns:
         The figure.
     """
-    if not rows:
-        raise ValueError("rows is empty")
-    columns = list(group_names) + list(extra)
-    models = list(dict.fromkeys(str(row["model"]) for row in rows))
+    scored = {name: list(metrics) for name, metrics in by_model.items() if metrics}
+    if not scored:
+        raise ValueError("by_model holds no GroupMetrics")
+    group_names = list(next(iter(scored.values()))[0].group_names)
+    columns = group_names + (["worst-group"] if worst_group else [])
     fig, ax = plt.subplots(figsize=(1.6 * len(columns) + 4, 3.6))
-    width = 0.8 / len(models)
-    for m, model in enumerate(models):
-        values = np.array([[float(row[c]) for c in columns] for row in rows if row["model"] == model]) * 100
-        std = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(len(columns))
-        ax.bar(np.arange(len(columns)) + (m - (len(models) - 1) / 2) * width, values.mean(axis=0), width, yerr=std, capsize=2, label=model)
+    width = 0.8 / len(scored)
+    for m, (name, metrics) in enumerate(scored.items()):
+        values = np.array([list(g.per_group) + ([g.worst_group] if worst_group else []) for g in metrics]) * 100
+        std = np.nanstd(values, axis=0, ddof=1) if len(values) > 1 else np.zeros(len(columns))
+        ax.bar(np.arange(len(columns)) + (m - (len(scored) - 1) / 2) * width, np.nanmean(values, axis=0), width, yerr=std, capsize=2, label=name)
     ax.set_xticks(np.arange(len(columns)), columns, rotation=15)
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 105)
@@ -74,11 +76,11 @@ def plot_group_accuracies(rows: Sequence[Mapping[str, float | str]], group_names
     return fig
 
 
-def plot_probes(probes: Mapping[str, Sequence[Mapping[str, float | str]]]) -> Figure:
+def plot_probes(probes: Mapping[str, Sequence]) -> Figure:
     """Linear-probe balanced accuracy per stage, for the label and for the spurious attribute, one line per model.
 
     Args:
-        probes: model name -> rows {"stage", "label", "spurious"} (kdteach.experiments.spurious.probe_stages).
+        probes: model name -> rows with .stage, .label and .spurious (kdteach.experiments.spurious.StageProbe).
 
     Returns:
         The figure (two panels: label, spurious attribute).
@@ -88,7 +90,7 @@ def plot_probes(probes: Mapping[str, Sequence[Mapping[str, float | str]]]) -> Fi
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
     for ax, target, title in zip(axes, ("label", "spurious"), ("label", "spurious attribute")):
         for name, rows in probes.items():
-            ax.plot([str(r["stage"]) for r in rows], [100 * float(r[target]) for r in rows], marker="o", label=name)
+            ax.plot([str(r.stage) for r in rows], [100 * float(getattr(r, target)) for r in rows], marker="o", label=name)
         ax.axhline(50, color="grey", lw=0.8, ls="--")
         ax.set_title(f"linear probe for the {title}")
         ax.set_xlabel("stage")
