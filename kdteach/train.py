@@ -56,10 +56,8 @@ LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
 
 
 def cross_entropy_loss(outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """Plain ERM: mean cross-entropy of the logits against batch["y"]; uses batch["weight"] when present."""
+    """Plain ERM: mean cross-entropy of the logits against batch["y"] (instance weights: debias.WeightedCrossEntropy)."""
     per_example = F.cross_entropy(outputs.float(), batch["y"], reduction="none")
-    if "weight" in batch:
-        per_example = per_example * batch["weight"]
     return per_example.mean()
 
 
@@ -565,3 +563,56 @@ def evaluate(model: nn.Module, batches: Batches, *, device: torch.device | str |
         "n": float(len(y)),
         "loss": float(F.cross_entropy(logits, y)),
     }
+
+
+def optimizer_and_schedule(
+    model: nn.Module,
+    *,
+    total_steps: int,
+    lr: float,
+    weight_decay: float = 0.0,
+    kind: str = "adamw",
+    schedule: str = "cosine",
+    warmup_fraction: float = 0.0,
+    warmup_steps: int | None = None,
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    """The optimiser and learning-rate schedule of every experiment (only trainable parameters are optimised).
+
+    Args:
+        model: the network.
+        total_steps: optimiser steps of the whole run (the schedule's length).
+        lr: the (peak) learning rate.
+        weight_decay: decoupled weight decay (AdamW) or L2 (SGD).
+        kind: "adamw", "adam" or "sgd" (Nesterov momentum 0.9).
+        schedule: "cosine" (to zero), "onecycle", "linear" (warm-up, then linear decay to zero) or "constant".
+        warmup_fraction: share of steps of linear warm-up for "linear".
+        warmup_steps: the warm-up as a number of steps instead (overrides warmup_fraction; BERT's recipe counts steps).
+
+    Returns:
+        (optimizer, scheduler or None), to pass to fit().
+    """
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if kind == "adamw":
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    elif kind == "adam":
+        optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    elif kind == "sgd":
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"kind must be 'adamw', 'adam' or 'sgd', got {kind!r}")
+    if schedule == "cosine":
+        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    if schedule == "onecycle":
+        return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps)
+    if schedule == "linear":
+        warmup = max(1, warmup_steps if warmup_steps is not None else int(warmup_fraction * total_steps))
+
+        def factor(step: int) -> float:
+            return (step + 1) / warmup if step < warmup else max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if schedule == "constant":
+        return optimizer, None
+    raise ValueError(f"schedule must be 'cosine', 'onecycle', 'linear' or 'constant', got {schedule!r}")

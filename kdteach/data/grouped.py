@@ -237,7 +237,7 @@ class GroupedData:
             seed: seed of the shuffling / sampling and augmentation streams.
             augment: optional (uint8 x, generator) -> x applied before the float transform.
             drop_last: drop a final incomplete batch.
-            extra: more per-example tensors to carry (e.g. {"teacher_logits": ...}, {"weight": ...}).
+            extra: more per-example tensors to carry (e.g. {"teacher_logits": ...}).
 
         Returns:
             Batches yielding {"x": float images, "y", "group", "spurious", "index", *extra}.

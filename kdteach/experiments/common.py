@@ -1,4 +1,7 @@
-"""The plumbing every experiment shares: configs by mode, one train-or-load, optimisers, CPU threads.
+"""The plumbing every experiment shares: configs by mode, one train-or-load, CPU threads.
+
+The optimiser builder lives in kdteach.train and the group-robustness validation metrics and epoch-selection rule
+in kdteach.groups; they are re-exported here because every experiment reaches them as common.*.
 
 One train-or-load: every model an experiment trains (teachers and students, JTT's identification run, every sweep
 member) goes through `train_or_load`, which keys its checkpoint by every value that decides the model, writes it
@@ -11,20 +14,16 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
+from typing import Any, Sequence, TypeVar
 
 import torch
 from torch import nn
 
 from kdteach import runtime
 from kdteach.data.batches import Batches
-from kdteach.train import History, fit, predict
-
-if TYPE_CHECKING:
-    from kdteach.data.grouped import GroupedData
-    from kdteach.groups import GroupMetrics
+from kdteach.groups import SELECTION, TIE_BREAK, group_val_metrics, score_groups, selection_metrics  # noqa: F401 - used by experiments as common.*
+from kdteach.train import History, fit, optimizer_and_schedule  # noqa: F401 - used by experiments as common.*
 
 C = TypeVar("C")
 
@@ -105,59 +104,6 @@ def checkpoint_path(experiment: str, role: str, *decides: Any) -> Path:
     return folder / f"{role}-{run_key(role, *decides)}.pt"
 
 
-def optimizer_and_schedule(
-    model: nn.Module,
-    *,
-    total_steps: int,
-    lr: float,
-    weight_decay: float = 0.0,
-    kind: str = "adamw",
-    schedule: str = "cosine",
-    warmup_fraction: float = 0.0,
-    warmup_steps: int | None = None,
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
-    """The optimiser and learning-rate schedule of every experiment (only trainable parameters are optimised).
-
-    Args:
-        model: the network.
-        total_steps: optimiser steps of the whole run (the schedule's length).
-        lr: the (peak) learning rate.
-        weight_decay: decoupled weight decay (AdamW) or L2 (SGD).
-        kind: "adamw", "adam" or "sgd" (Nesterov momentum 0.9).
-        schedule: "cosine" (to zero), "onecycle", "linear" (warm-up, then linear decay to zero) or "constant".
-        warmup_fraction: share of steps of linear warm-up for "linear".
-        warmup_steps: the warm-up as a number of steps instead (overrides warmup_fraction; BERT's recipe counts steps).
-
-    Returns:
-        (optimizer, scheduler or None), to pass to fit().
-    """
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-    params = [p for p in model.parameters() if p.requires_grad]
-    if kind == "adamw":
-        optimizer: torch.optim.Optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    elif kind == "adam":
-        optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    elif kind == "sgd":
-        optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    else:
-        raise ValueError(f"kind must be 'adamw', 'adam' or 'sgd', got {kind!r}")
-    if schedule == "cosine":
-        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    if schedule == "onecycle":
-        return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps)
-    if schedule == "linear":
-        warmup = max(1, warmup_steps if warmup_steps is not None else int(warmup_fraction * total_steps))
-
-        def factor(step: int) -> float:
-            return (step + 1) / warmup if step < warmup else max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-    if schedule == "constant":
-        return optimizer, None
-    raise ValueError(f"schedule must be 'cosine', 'onecycle', 'linear' or 'constant', got {schedule!r}")
-
-
 def threads_for(train: Batches, device: torch.device | str) -> contextlib.AbstractContextManager:
     """The CPU thread rule of every experiment, as a context manager: runtime.threads_for_rows on train's rows."""
     return runtime.cpu_threads(runtime.threads_for_rows(train.n, device))
@@ -211,69 +157,3 @@ def train_or_load_adamw(model: nn.Module, train: Batches, *, path: Path, epochs:
     return train_or_load(model, train, path=path, epochs=epochs, optimizer=optimizer, scheduler=scheduler, device=device, **kwargs)
 
 
-def group_val_metrics(predict_logits: Callable[[nn.Module], torch.Tensor], labels: torch.Tensor, groups: torch.Tensor,
-                      num_groups: int) -> Callable[[nn.Module], dict[str, float]]:
-    """fit()'s `metrics` for group robustness: validation worst-group and mean-over-groups accuracy per epoch.
-
-    Args:
-        predict_logits: model -> validation logits (N, C).
-        labels, groups: the validation labels and group ids (N,).
-        num_groups: number of groups.
-
-    Returns:
-        model -> {"val_worst_group", "val_mean_group"}.
-    """
-    from kdteach.groups import group_metrics
-
-    def metrics(model: nn.Module) -> dict[str, float]:
-        scores = group_metrics(predict_logits(model), labels, groups, num_groups)
-        return {"val_worst_group": scores.worst_group, "val_mean_group": scores.mean_over_groups}
-
-    return metrics
-
-
-SELECTION = "selection score"  # the History column every group-robustness run selects its epoch by
-TIE_BREAK = 1e-9  # per epoch: far below one validation example's share, so it only ever decides exact ties
-
-
-def selection_metrics(val: "GroupedData", train: Batches, *, by: str = "val_mean_group", first_epoch: int = 0,
-                      batch_size: int = 512) -> Callable[[nn.Module], dict[str, float]]:
-    """fit()'s `metrics` for a group-robustness run: group_val_metrics on val, plus the epoch-selection rule of
-    notebooks 02 and 03 as the column SELECTION (pass select=SELECTION to fit()).
-
-    The rule: keep the epoch with the best `by` among epochs >= first_epoch (earlier ones score -inf, so a model can
-    never be kept from before, e.g., DeDiER's first reweighting); exact ties go to the LATER epoch (score = value +
-    TIE_BREAK * epoch), never silently to epoch 0.
-
-    Args:
-        val: the validation split (a GroupedData).
-        train: the training Batches fit() runs on (fit sets train.epoch before each epoch: the epoch counted here).
-        by: "val_mean_group" (mean over groups, as in the official DeDiER code) or "val_worst_group".
-        first_epoch: the first eligible epoch (0-based).
-        batch_size: rows per validation forward pass.
-
-    Returns:
-        model -> {"val_worst_group", "val_mean_group", SELECTION}.
-    """
-    if by not in ("val_mean_group", "val_worst_group"):
-        raise ValueError(f"by must be 'val_mean_group' or 'val_worst_group', got {by!r}")
-    batches = val.batches(batch_size, device=train.device)
-    metrics = group_val_metrics(lambda model: predict(model, batches), val.labels, val.groups, val.num_groups)
-
-    def with_score(model: nn.Module) -> dict[str, float]:
-        row = metrics(model)
-        eligible = train.epoch >= first_epoch
-        return {**row, SELECTION: row[by] + TIE_BREAK * train.epoch if eligible else -math.inf}
-
-    return with_score
-
-
-def score_groups(model: nn.Module, data: "GroupedData", train_counts: Any, *, batch_size: int = 512) -> "GroupMetrics":
-    """A model's GroupMetrics on a grouped split (train_counts: training examples per group, for the Waterbirds
-    convention's train-weighted average). The model runs on its own device."""
-    from kdteach.groups import group_metrics
-
-    device = next(model.parameters()).device
-    logits = predict(model, data.batches(batch_size, device=device))
-    return group_metrics(logits, data.labels, data.groups, data.num_groups, train_group_counts=train_counts,
-                         group_names=data.group_names)
