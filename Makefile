@@ -6,7 +6,7 @@ NO_BROWSER ?=
 # JupyterLab refuses to start as root (containers, cloud machines) unless told --allow-root.
 JUPYTER_FLAGS := $(if $(NO_BROWSER),--no-browser,) $(if $(filter 0,$(shell id -u)),--allow-root,)
 COURSE_SERVER = $(BIN)/jupyter lab $(JUPYTER_FLAGS) notebooks/
-NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb)) $(sort $(wildcard notebooks/solutions/*.ipynb))
 
 .PHONY: course course-command test unit notebooks venv clean-notebooks reference-outputs
 
