@@ -43,6 +43,38 @@ def test_probes_one_line_per_model_in_percent():
     label_panel, spurious_panel = fig.axes
     assert list(label_panel.get_lines()[0].get_ydata()) == [50.0, 70.0]
     assert list(spurious_panel.get_lines()[0].get_ydata()) == [90.0, 100.0]
+    assert [t.get_text() for t in label_panel.get_xticklabels()] == ["stem", "layer1"]
+
+
+def test_probes_of_models_that_agree_are_not_drawn_on_top_of_each_other():
+    from kdteach.experiments.spurious import StageProbe
+    from kdteach.plots import plot_probes
+
+    same = [StageProbe("stem", 0.5, 1.0), StageProbe("layer1", 0.7, 1.0)]
+    spurious_panel = plot_probes({"teacher": same, "student": same, "alone": same}).axes[1]
+    lines = [line for line in spurious_panel.get_lines() if line.get_label() in ("teacher", "student", "alone")]
+    assert [list(line.get_ydata()) for line in lines] == [[100.0, 100.0]] * 3  # the values themselves are not moved
+    assert len({tuple(line.get_xdata()) for line in lines}) == 3  # each model at its own x offset
+    assert len({(line.get_marker(), str(line.get_linestyle())) for line in lines}) == 3
+    offsets = [line.get_xdata()[0] for line in lines]
+    assert max(abs(o) for o in offsets) < 0.5  # every point stays beside its own stage's tick
+
+
+def test_soft_targets_by_temperature_one_panel_per_temperature_with_the_softmax_heights():
+    import numpy as np
+    import torch
+
+    from kdteach.plots import plot_soft_targets_by_temperature
+
+    logits = torch.tensor([8.0, 2.0, 0.0, -1.0])
+    fig = plot_soft_targets_by_temperature(torch.zeros(28, 28), logits, (1.0, 4.0, 20.0), label=0)
+    image_ax, *panels = fig.axes
+    assert image_ax.get_title() == "label 0" and len(panels) == 3
+    for ax, t in zip(panels, (1.0, 4.0, 20.0)):
+        expected = np.exp(logits.numpy() / t) / np.exp(logits.numpy() / t).sum()  # the softmax at T, by numpy
+        np.testing.assert_allclose([bar.get_height() for bar in ax.patches], expected, rtol=1e-6)
+        assert ax.get_title().startswith(f"T = {t:g}: top {expected.max():.2f}")
+        assert ax.get_ylim() == (0.0, 1.0)  # one linear scale for every panel, so the flattening is seen
 
 
 def test_method_comparison_one_point_per_method_at_the_seed_means():

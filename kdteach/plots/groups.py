@@ -87,11 +87,19 @@ def plot_probes(probes: Mapping[str, Sequence]) -> Figure:
     """
     if not probes:
         raise ValueError("probes is empty")
+    stages = list(dict.fromkeys(str(r.stage) for rows in probes.values() for r in rows))  # in order of first appearance
+    # Models often agree (every probe at 100% for the background): each model's line is shifted a little along x and
+    # drawn in its own marker and line style, so that no line hides under another.
+    offsets = np.linspace(-0.12, 0.12, len(probes)) if len(probes) > 1 else np.zeros(1)
+    styles = [("o", "-"), ("s", "--"), ("^", ":"), ("D", "-."), ("v", (0, (5, 1)))]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharey=True)
     for ax, target, title in zip(axes, ("label", "spurious"), ("label", "spurious attribute")):
-        for name, rows in probes.items():
-            ax.plot([str(r.stage) for r in rows], [100 * float(getattr(r, target)) for r in rows], marker="o", label=name)
+        for m, (name, rows) in enumerate(probes.items()):
+            marker, linestyle = styles[m % len(styles)]
+            x = [stages.index(str(r.stage)) + offsets[m] for r in rows]
+            ax.plot(x, [100 * float(getattr(r, target)) for r in rows], marker=marker, linestyle=linestyle, label=name)
         ax.axhline(50, color="grey", lw=0.8, ls="--")
+        ax.set_xticks(range(len(stages)), stages)
         ax.set_title(f"linear probe for the {title}")
         ax.set_xlabel("stage")
     axes[0].set_ylabel("balanced accuracy (%)")

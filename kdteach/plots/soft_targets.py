@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 from kdteach.distill import softmax_t
 
-__all__ = ["plot_soft_targets", "plot_learning_curves", "plot_temperature_sweep", "plot_dark_knowledge"]
+__all__ = ["plot_soft_targets", "plot_soft_targets_by_temperature", "plot_learning_curves", "plot_temperature_sweep", "plot_dark_knowledge"]
 
 
 def plot_soft_targets(image: torch.Tensor, logits: torch.Tensor, temperature: float, *, label: int | None = None) -> Figure:
@@ -46,6 +46,47 @@ def plot_soft_targets(image: torch.Tensor, logits: torch.Tensor, temperature: fl
             ax.set_ylim(0, 1)
     ax_lin.set_title(f"softmax(z / T), T = {temperature:g}")
     ax_log.set_title("same, log scale")
+    fig.tight_layout()
+    return fig
+
+
+def plot_soft_targets_by_temperature(image: torch.Tensor, logits: torch.Tensor, temperatures: Sequence[float] = (1.0, 4.0, 20.0), *,
+                                     label: int | None = None) -> Figure:
+    """One digit and the teacher's soft targets for it at several temperatures, side by side on one linear scale.
+
+    The static version of the temperature slider: read left to right, the mass leaves the top class and the wrong
+    classes become visible, in the same order at every T (dividing by T keeps the ranking of the logits).
+
+    Args:
+        image: (1, 28, 28) or (28, 28) image.
+        logits: (C,) teacher logits for it.
+        temperatures: the values of T, one panel each.
+        label: the true class, marked in the title.
+
+    Returns:
+        The figure (the image's axes, then one bar chart per temperature, sharing the y axis).
+    """
+    if logits.dim() != 1:
+        raise ValueError(f"logits must have shape (classes,), got {tuple(logits.shape)}")
+    if len(temperatures) == 0:
+        raise ValueError("temperatures is empty")
+    fig, axes = plt.subplots(1, 1 + len(temperatures), figsize=(2.0 + 2.8 * len(temperatures), 2.8),
+                             gridspec_kw={"width_ratios": [1] + [2] * len(temperatures)})
+    axes[0].imshow(image.detach().cpu().reshape(28, 28).numpy(), cmap="gray")
+    axes[0].set_axis_off()
+    axes[0].set_title(f"label {label}" if label is not None else "input")
+    for ax, temperature in zip(axes[1:], temperatures):
+        probs = softmax_t(logits.detach().cpu()[None], temperature)[0].numpy()
+        classes = range(len(probs))
+        ax.bar(classes, probs, color="tab:blue")
+        ax.set_xticks(list(classes))
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("class")
+        # The title gives the numbers the bars show: the top class's share and what the other classes get.
+        ax.set_title(f"T = {temperature:g}: top {probs.max():.2f}, rest {1 - probs.max():.2f}", fontsize=10)
+    for ax in axes[2:]:
+        ax.tick_params(labelleft=False)
+    axes[1].set_ylabel("softmax(z / T)")
     fig.tight_layout()
     return fig
 
