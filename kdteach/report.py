@@ -624,6 +624,24 @@ def text_sentences(result: Any, *, mode: str = "full") -> list[str]:
     return lines
 
 
+def text_conflicting_sentences(result: Any, *, mostly_right: float = 0.9) -> list[str]:
+    """What the readout of a text.TextResult does on each group counted as conflicting (the cue points to the wrong
+    label there: kdteach.data.text.conflicting_groups, a definition by the cue alone), and which of those groups it
+    is right on at least `mostly_right` of: those count in the conflicting weight sums, yet the readout does not pick
+    them out (DeDiER can upweight at most 1 - mostly_right of each). One readout of one seed: a description, not a
+    comparison."""
+    groups = [result.readout[g] for g in result.conflicting]
+    lines = [f"'{g.group}' (n={g.n}) counts as conflicting: the readout at {result.readout_stage} is right on {g.accuracy:.0%} "
+             f"of it and upweights {g.upweighted:.0%}." for g in groups]
+    missed = [g for g in groups if g.accuracy >= mostly_right]
+    if missed:
+        names = ", ".join(f"'{g.group}'" for g in missed)
+        lines.append(f"{names}: counted as conflicting by the cue, yet the readout is right on at least {mostly_right:.0%} of each, "
+                     f"so at most {1 - mostly_right:.0%} of each can be upweighted; the conflicting groups' share of the weight "
+                     "counts them all the same.")
+    return lines
+
+
 def text_weight_share_rows(shares: Any) -> list[dict[str, Any]]:
     """One row per training group of a text.WeightShares: its share of the examples and of the weight per alpha."""
     return [{"group": name, "share of examples": share, **{f"weight share (alpha={a:g})": by_alpha[g] for a, by_alpha in zip(shares.alphas, shares.weight_share)}}
@@ -713,15 +731,26 @@ def dedier_per_seed(results: Sequence[Any], by: str = "method", metric: str = "w
     return values
 
 
+# Where notebook 03's methods read group labels: Group DRO in training; every method, Group DRO included, on validation,
+# where the labelled groups pick the epoch kept (common.selection_metrics). "Needs no group labels" means in training.
+GROUP_LABELS_IN_TRAINING = ("Group DRO",)
+
+
+def dedier_group_labels(method: str) -> str:
+    """Which group labels a method of notebook 03 uses: "train + val" (Group DRO) or "val (epoch choice)"."""
+    return "train + val" if method in GROUP_LABELS_IN_TRAINING else "val (epoch choice)"
+
+
 def dedier_summary_rows(results: Sequence[Any], *, by: str = "method") -> list[dict[str, Any]]:
-    """One row per label (method or setting) of dedier.StudentResults: seeds, worst-group, mean over groups (the
-    selection metric's convention) and train-weighted average as mean ± std (%), the epochs kept, and notes."""
+    """One row per label (method or setting) of dedier.StudentResults: seeds, the group labels it uses, worst-group,
+    mean over groups (the selection metric's convention) and train-weighted average as mean ± std (%), the epochs
+    kept, and notes."""
     labels = list(dict.fromkeys(dedier_label(r, by) for r in results))
     rows = []
     for label in labels:
         mine = [r for r in results if dedier_label(r, by) == label]
         scored = [r.test for r in mine if r.test is not None]
-        rows.append({"dataset": mine[0].dataset, by: label, "seeds": len(scored),
+        rows.append({"dataset": mine[0].dataset, by: label, "seeds": len(scored), "group labels": dedier_group_labels(mine[0].method),
                      "worst-group": mean_std([t.worst_group for t in scored], scale=100),
                      "mean over groups": mean_std([t.mean_over_groups for t in scored], scale=100),
                      "average (train-weighted)": mean_std([t.average_train_weighted for t in scored], scale=100),
@@ -748,7 +777,8 @@ def dedier_findings(results: Sequence[Any], *, mode: str = "full") -> list[str]:
                          "the comparison cannot tell the two methods apart.")
     lines += paired_findings(worst, [("DeDiER", m) for m in worst if m not in ("DeDiER", "KD")], what="test worst-group accuracy")
     if "Group DRO" in worst:
-        lines.append("Group DRO uses the group label of every training example; the other methods use none.")
+        lines.append("Group DRO uses the group label of every training example; the other methods use none in training. Every "
+                     "method, Group DRO included, uses the validation examples' group labels to choose the epoch it keeps.")
     return lines + [f"{r.method} (seed {r.seed}): {r.note}" for r in results if r.note]
 
 

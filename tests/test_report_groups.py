@@ -134,3 +134,15 @@ def test_group_metrics_rows_name_every_convention():
     (row,) = report.group_metrics_rows({"rule": metrics(0.25, 0.9)})
     assert row == {"model": "rule", "average (train-weighted)": "90.0", "average (test)": "90.0", "mean over groups": "62.5",
                    "worst-group": "25.0", "a": "25.0", "b": "100.0"}
+
+
+def test_the_method_table_says_which_group_labels_each_method_uses():
+    # "Needs no group labels" holds in training only: every method keeps its epoch by validation group accuracy.
+    results = [student(m, 0, 0.5) for m in ("ERM", "KD", "JTT", "Group DRO", "SimKD-style", "DeDiER")]
+    used = {row["method"]: row["group labels"] for row in report.dedier_summary_rows(results)}
+    assert used.pop("Group DRO") == "train + val"
+    assert set(used.values()) == {"val (epoch choice)"} and len(used) == 5
+    (row,) = report.dedier_summary_rows([student("DeDiER", 0, 0.5, setting=Setting(0.05, 4.0, "layer2"))], by="stage")
+    assert row["stage"] == "layer2" and row["group labels"] == "val (epoch choice)"  # an ablation row is DeDiER too
+    lines = report.dedier_findings(results)
+    assert any("none in training" in line and "validation" in line for line in lines)

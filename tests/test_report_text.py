@@ -71,3 +71,15 @@ def test_weight_share_sentences_sum_the_conflicting_groups():
     assert "carry 50% of the weight" in first and "carry 20% of the weight" in second and "10% of the examples" in first
     rows = report.text_weight_share_rows(shares)
     assert rows[1] == {"group": "b", "share of examples": 0.9, "weight share (alpha=0.2)": 0.5, "weight share (alpha=1)": 0.8}
+
+
+def test_conflicting_sentences_name_a_conflicting_group_the_readout_gets_right():
+    # Three groups counted as conflicting by the cue; the readout is right on 98% of the second, 0% of the others.
+    readout = (ReadoutGroup("a", 900, 1.0, 0.5, math.nan, 0.0, 1.0, 0.2), ReadoutGroup("b", 50, 0.0, 0.6, 0.6, 1.0, 15.0, 0.3),
+               ReadoutGroup("c", 48, 0.98, 0.4, 0.06, 0.02, 1.1, 0.01), ReadoutGroup("d", 100, 0.0, 0.5, 0.5, 1.0, 13.0, 0.3))
+    result = TextResult("standin", (), "layer1", readout, (1, 2, 3))
+    lines = report.text_conflicting_sentences(result)
+    assert len(lines) == 4 and lines[1] == "'c' (n=48) counts as conflicting: the readout at layer1 is right on 98% of it and upweights 2%."
+    assert lines[-1].startswith("'c': counted as conflicting by the cue, yet the readout is right on at least 90% of each")
+    assert "'b'" not in lines[-1] and "'d'" not in lines[-1] and "at most 10% of each" in lines[-1]
+    assert len(report.text_conflicting_sentences(result, mostly_right=0.99)) == 3  # 98% < 99%: no group named
