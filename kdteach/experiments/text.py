@@ -381,18 +381,19 @@ def run(mode: str = "smoke", out: str | Path | None = None, seed: int = 0, progr
     data = load_data(cfg, seed=seed)
     outcome = run_experiment(cfg, data=data, device=device, progress=progress)
     result = outcome.result
+    findings = report.text_sentences(result, mode=mode)
     print(report.markdown_table(report.text_summary_rows(result)))
-    print("\n".join(report.text_sentences(result, mode=mode)))
+    print("\n".join(findings))
     if out is not None:
         from kdteach.plots.debias import plot_margin_histograms
 
         figure = plot_margin_histograms(outcome.readout_logits, data.splits["train"].labels, data.balance_groups, data.balance_names,
                                         title=f"Readout at {cfg.readout_stage} of the KD student ({cfg.dataset})")
-        meta = {"mode": mode, "dataset": cfg.dataset, "selection": cfg.select, "average": AVERAGE_CONVENTIONS["test"],
+        title = f"Teacher, KD and DeDiER students on {cfg.dataset}: test worst-group and average accuracy (%)"
+        meta = {"mode": mode, "title": title, "findings": findings, "dataset": cfg.dataset, "selection": cfg.select, "average": AVERAGE_CONVENTIONS["test"],
                 "downloads": FULL_MODE_DOWNLOADS[cfg.dataset],
                 **report.provenance(config=cfg, seeds=list(cfg.seeds), wall_seconds=time.perf_counter() - started, device=str(device))}
-        report.write_report(out, "text", rows=report.text_summary_rows(result), meta=meta, figures={"text_readout_margins": figure}, result=result,
-                            title=f"Teacher, KD and DeDiER students on {cfg.dataset}: test worst-group and average accuracy (%)")
+        report.write_report(out, "text", rows=report.text_summary_rows(result), meta=meta, figures={"text_readout_margins": figure}, result=result, title=title)
         report.write_report(out, "text_runs", rows=report.text_model_rows(result), meta=meta, title="Every model and seed, with each group's test accuracy")
         report.write_report(out, "text_readout", rows=result.readout, meta=meta, title=f"The readout at {cfg.readout_stage} of the KD student, per training group")
     return result
