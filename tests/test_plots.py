@@ -33,6 +33,8 @@ def test_group_accuracies_bars_are_means_over_seeds_with_the_worst_group_last():
     heights = [round(bar.get_height(), 6) for bar in ax.patches]
     assert heights == [70.0, 30.0, 30.0, 100.0, 0.0, 0.0]  # teacher: g0, g1, worst; then the student
     assert [t.get_text() for t in ax.get_xticklabels()] == ["g0", "g1", "worst-group"]
+    assert ax.get_title() == "accuracy per group, mean ± std over 2 seeds"
+    assert plot_group_accuracies({"student": [_metrics(1.0, 0.0)]}).axes[0].get_title() == "accuracy per group (1 seed)"
 
 
 def test_probes_one_line_per_model_in_percent():

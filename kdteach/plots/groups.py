@@ -71,7 +71,9 @@ def plot_group_accuracies(by_model: Mapping[str, Sequence[GroupMetrics]], *, wor
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 105)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    ax.set_title("accuracy per group, mean ± std over seeds")
+    seeds = max(len(metrics) for metrics in scored.values())
+    # "mean ± std" only where there is a spread to show: one seed has no std (its error bars are zero).
+    ax.set_title(f"accuracy per group, mean ± std over {seeds} seeds" if seeds > 1 else "accuracy per group (1 seed)")
     fig.tight_layout()
     return fig
 
