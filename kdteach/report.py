@@ -221,13 +221,19 @@ def provenance(*, config: Any, seeds: Sequence[int], wall_seconds: float, device
         config: the experiment's configuration (a dataclass).
         seeds: the seeds run.
         wall_seconds: how long the run took.
-        device: what it ran on, in words.
+        device: the torch device it ran on ("cpu" becomes "N-core CPU", a CUDA device its card's name).
 
     Returns:
         A JSON-ready dict.
     """
+    import os
+
     import torch
 
+    if device.startswith("cuda") and torch.cuda.is_available():
+        device = torch.cuda.get_device_name(torch.device(device))
+    elif device == "cpu":
+        device = f"{os.cpu_count()}-core CPU"
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
                                 cwd=Path(__file__).resolve().parent).stdout.strip()
