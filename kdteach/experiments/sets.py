@@ -263,15 +263,17 @@ def run(mode: str = "full", out: str | Path = "runs/sets", seed: int = 0, progre
     result = classification_experiment(logits, labels, cfg, seed=seed, source=source)
     regression, curves = regression_experiment(mode, seed=seed, alpha=cfg.alpha, device=device, progress=progress)
     configs = {"sets": cfg, "wiggle": wiggle_config(mode), "exits": exit_experiment.config(mode)}
-    meta = {"mode": mode, "data": source, **report.provenance(config=configs, seeds=[seed], wall_seconds=time.perf_counter() - started, device=str(device))}
+    title = f"Prediction sets per exit (means over {cfg.splits} calibration splits)"
+    findings = report.set_sentences(result, mode=mode) + report.regression_sentences(regression, alpha=cfg.alpha, mode=mode)
+    meta = {"mode": mode, "title": title, "findings": findings, "data": source, **report.provenance(config=configs, seeds=[seed], wall_seconds=time.perf_counter() - started, device=str(device))}
     rows = report.set_summary_rows(result.summaries)
     report.write_report(out, "sets", rows=rows, meta=meta, figures={"set_metrics": plot_set_metrics(result.summaries, alpha=cfg.alpha)},
-                        title=f"Prediction sets per exit (means over {cfg.splits} calibration splits)", result=result)
+                        title=title, result=result)
     reg_summaries = [summarize_splits(m, [metrics], cfg.alpha) for m, metrics in zip(regression.methods, regression.metrics)]
     figures = {"wiggle_intervals": plot_wiggle_intervals(curves), "wiggle_metrics": plot_set_metrics(reg_summaries, alpha=cfg.alpha)}
     report.write_report(out, "regression", rows=report.regression_rows(regression), meta=meta, figures=figures,
                         title="Wiggle regression: intervals per exit", result=regression)
     for table in (rows, report.regression_rows(regression)):
         print(report.markdown_table(table))
-    print("\n".join(report.set_sentences(result, mode=mode) + report.regression_sentences(regression, alpha=cfg.alpha, mode=mode)))
+    print("\n".join(findings))
     return result, regression
