@@ -81,31 +81,46 @@ def plot_reliability(exit_logits: torch.Tensor, labels: torch.Tensor, *, bins: i
     return fig
 
 
+# One marker shape (hollow) and line style per method, and a small horizontal offset around each exit: methods that
+# coincide (every nested method has N(t) = 1) stay visible on top of each other.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+LINESTYLES = ("-", "--", "-.", ":")
+DODGE = 0.3  # total horizontal spread of the methods around each exit (in exits)
+
+
 def plot_set_metrics(summaries: Sequence[Any], *, alpha: float, methods: Sequence[str] | None = None,
-                     metrics: Sequence[str] = ("coverage", "size", "empty_rate", "nestedness")) -> Figure:
+                     metrics: Sequence[str] = ("coverage", "size", "empty_rate", "nestedness"),
+                     over: str = "calibration splits") -> Figure:
     """Coverage, size, empty rate and nestedness per exit, one line per method, with a +-1 std band over splits
     where the summary has one (coverage_std, size_std).
+
+    Methods often coincide (every nested method has N(t) = 1, every method N(1) = 1): each gets its own hollow
+    marker, line style and a small horizontal offset around the exit, so none hides another. The figure says
+    "mean ± std over n" only when it averages n > 1 splits.
 
     Args:
         summaries: kd.sets.MethodSummary's (one per method).
         alpha: the target miscoverage (coverage panel: a dashed line at 1 - alpha).
         methods: which methods to draw (default all).
         metrics: which panels.
+        over: what the summaries average over, for the title ("calibration splits").
 
     Returns:
         The figure.
     """
     chosen = [s for s in summaries if methods is None or s.method in methods]
+    offsets = [DODGE * (j / (len(chosen) - 1) - 0.5) if len(chosen) > 1 else 0.0 for j in range(len(chosen))]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
-        for summary in chosen:
+        for j, (summary, offset) in enumerate(zip(chosen, offsets)):
             values = torch.tensor(getattr(summary, metric), dtype=torch.float64)
-            exits = torch.arange(1, len(values) + 1)
-            line, = ax.plot(exits, values, "o-", ms=3, label=summary.method)
+            exits = torch.arange(1, len(values) + 1) + offset
+            line, = ax.plot(exits, values, ls=LINESTYLES[j % len(LINESTYLES)], marker=MARKERS[j % len(MARKERS)], ms=5, mfc="none",
+                            alpha=0.85, label=summary.method)
             std = getattr(summary, metric + "_std", None)
             if std is not None and summary.splits > 1:
                 std = torch.tensor(std, dtype=torch.float64)
-                ax.fill_between(exits, values - std, values + std, color=line.get_color(), alpha=0.15)
+                ax.fill_between(exits, values - std, values + std, color=line.get_color(), alpha=0.12)
         if metric == "coverage":
             ax.axhline(1 - alpha, ls="--", color="black", lw=1, label=f"1 - alpha = {1 - alpha:g}")
         ax.set_title(METRIC_TITLES.get(metric, metric))
@@ -113,6 +128,15 @@ def plot_set_metrics(summaries: Sequence[Any], *, alpha: float, methods: Sequenc
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
+    counts = sorted({s.splits for s in chosen})
+    if counts and counts[0] > 1:
+        n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+        title = f"mean ± std over {n} {over} (bands: ± 1 std where drawn)"
+    elif counts and counts[-1] > 1:
+        title = f"means over {counts[0]}-{counts[-1]} {over}; ± 1 std bands only for methods with more than one"
+    else:
+        title = "one run: no spread to show"
+    fig.suptitle(title + "; markers offset around each exit", fontsize=10)
     fig.tight_layout()
     return fig
 
