@@ -508,9 +508,9 @@ def set_sentences(result: Any, *, mode: str = "full") -> list[str]:
                  f"tau {np.mean(taus):.2f} on average ({min(taus):g} to {max(taus):g}); smallest N(t) {min(avcs.nestedness):.3f}.")
     infeasible = [sp.avcs for sp in result.splits if not sp.avcs.feasible]
     if infeasible:
-        lines.append(f"In {len(infeasible)} of {n} splits not even tau = 1 kept enough calibration labels at every exit (at most "
-                     f"{max(f.floor_coverage for f in infeasible):.2%} against {infeasible[0].required_coverage:.2%} needed): there tau stays 1 "
-                     "without a guarantee, because the network's logits, not the threshold, cap AVCS's coverage.")
+        lines.append(f"In {len(infeasible)} of {n} splits not even the smallest candidate tau ({min(taus):g}) kept enough calibration labels "
+                     f"at every exit (at most {max(f.floor_coverage for f in infeasible):.2%} against {infeasible[0].required_coverage:.2%} "
+                     "needed): there tau stays at it without a guarantee, because the network's logits, not the threshold, cap AVCS's coverage.")
     sizes = {m: per_split(m, lambda s: np.mean(s.size)) for m in ("AVCS", "RAPS")}
     lines.append(_splits_sentence(paired_comparison(sizes["AVCS"], sizes["RAPS"]), what="mean set size over exits (labels; empty sets count 0)",
                                   ours="AVCS", reference="per-exit RAPS", scale=1.0, unit=" labels")

@@ -550,7 +550,9 @@ def fit_avcs_thresholds(
         calib_logits: (exits, n, C) logits of the calibration split.
         calib_labels: (n,) its labels.
         alpha: miscoverage level in (0, 1).
-        start: the smallest candidate (the paper uses tau >= 1); > 0.
+        start: the smallest candidate (> 0). The paper uses tau >= 1; when even tau = 1 rules out too many
+            calibration labels (a network's logits are not the paper's model), a smaller start lets the rule reach
+            its rank, with larger sets.
         step: the candidates' spacing (> 0; 0.5 as in the paper's code).
         num_parallel: as in avcs_sets (the rule then calibrates the intersection of the copies).
         seed: seed of the calibration draws.
@@ -640,7 +642,7 @@ class MethodSets:
 
 
 def method_sets(cal_logits: torch.Tensor, cal_labels: torch.Tensor, eval_logits: torch.Tensor, alpha: float, *,
-                seed: int = 0, avcs_draws: int = 10, num_parallel: int = 1) -> MethodSets:
+                seed: int = 0, avcs_draws: int = 10, avcs_start: float = 1.0, num_parallel: int = 1) -> MethodSets:
     """Split conformal (CONFORMAL_METHODS), Bayes credible sets, their running intersections and AVCS on one split.
 
     Args:
@@ -649,6 +651,7 @@ def method_sets(cal_logits: torch.Tensor, cal_labels: torch.Tensor, eval_logits:
         alpha: miscoverage level.
         seed: seed of every random draw (APS/RAPS's u, AVCS's calibration and evaluation draws).
         avcs_draws: Dirichlet draws per calibration example in fit_avcs_thresholds.
+        avcs_start: the smallest threshold fit_avcs_thresholds may choose.
         num_parallel: AVCS's parallel copies.
 
     Returns:
@@ -663,7 +666,7 @@ def method_sets(cal_logits: torch.Tensor, cal_labels: torch.Tensor, eval_logits:
     per_exit["Bayes"] = credible_sets(eval_logits, alpha)
     for name, s in per_exit.items():
         sets[name], sets[f"{name} ∩"] = s, running_intersection(s)
-    fit = fit_avcs_thresholds(cal_logits, cal_labels, alpha, num_parallel=num_parallel, seed=seed, draws=avcs_draws)
+    fit = fit_avcs_thresholds(cal_logits, cal_labels, alpha, start=avcs_start, num_parallel=num_parallel, seed=seed, draws=avcs_draws)
     # Other draws than the calibration ones: the evaluation sets must not reuse the draws the threshold saw.
     sets["AVCS"] = avcs_sets(eval_logits, fit.thresholds, alpha, generator=torch.Generator().manual_seed(seed + 10_000), num_parallel=num_parallel)
     return MethodSets(sets, quantiles, fit)

@@ -529,3 +529,23 @@ def test_set_membership_and_set_metrics_figures_draw_what_they_are_given():
     summaries = [S.summarize_splits(name, [S.set_metrics(s, labels)] * 2, 0.1) for name, s in sets.items()]
     fig = plot_set_metrics(summaries, alpha=0.1, methods=("b",))
     assert [line.get_label() for line in fig.axes[0].get_lines()][:1] == ["b"] and len(fig.axes) == 4
+
+
+def test_a_smaller_start_lets_the_threshold_rule_reach_its_rank_where_tau_1_cannot():
+    # Logits below 1 for many true labels: at the paper's tau >= 1 those labels are ruled out at some exit, so no
+    # tau on the grid can keep ceil((n + 1)(1 - alpha)) calibration labels; a grid from 0.05 can.
+    import warnings
+
+    from kdteach.sets import fit_avcs_thresholds
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 4, (200,), generator=g)
+    logits = torch.full((1, 200, 4), 0.3)  # one exit; competitors at 0.3
+    true_logit = torch.where(torch.rand(200, generator=g) < 0.3, 0.8, 6.0)  # 30% hard digits: true logit below 1
+    logits[0, torch.arange(200), labels] = true_logit
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        at_one = fit_avcs_thresholds(logits, labels, 0.1, start=1.0)
+    assert not at_one.feasible and at_one.thresholds[0] == 1.0 and any("no guarantee" in str(w.message) for w in caught)
+    low = fit_avcs_thresholds(logits, labels, 0.1, start=0.05)
+    assert low.feasible and low.calibration_coverage >= low.required_coverage and low.thresholds[0] >= 0.05

@@ -39,6 +39,9 @@ class SetsConfig:
     calib_fraction: float = 0.2
     splits: int = 200
     avcs_draws: int = 10
+    # The smallest tau the threshold rule may pick. At the paper's tau >= 1 the rule could not reach its rank in 155
+    # of 200 full-mode splits (coverage 94.4%, every split below 95%); from 0.25 it reached it in 20 of 20 (95.8%).
+    avcs_start: float = 0.25
     parallel: tuple[int, ...] = (1, 2, 4)
     parallel_splits: int = 100
 
@@ -117,7 +120,7 @@ def one_split(logits: torch.Tensor, labels: torch.Tensor, cfg: SetsConfig, *, se
     calib, evaluation = calibration_split(len(labels), cfg.calib_fraction, seed=seed)
     with warnings.catch_warnings():  # an infeasible AVCS threshold is reported by AvcsFit.feasible instead
         warnings.simplefilter("ignore", UserWarning)
-        found = method_sets(logits[:, calib], labels[calib], logits[:, evaluation], cfg.alpha, seed=seed, avcs_draws=cfg.avcs_draws)
+        found = method_sets(logits[:, calib], labels[calib], logits[:, evaluation], cfg.alpha, seed=seed, avcs_draws=cfg.avcs_draws, avcs_start=cfg.avcs_start)
     eval_labels = labels[evaluation]
     metrics = tuple(set_metrics(s, eval_labels) for s in found.sets.values())
     quantiles = tuple(tuple(float(v) for v in q) for q in found.quantiles.values())
@@ -143,7 +146,7 @@ def parallel_variant(logits: torch.Tensor, labels: torch.Tensor, cfg: SetsConfig
         started = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            fit = fit_avcs_thresholds(logits[:, calib], labels[calib], cfg.alpha, num_parallel=copies, seed=seed, draws=cfg.avcs_draws)
+            fit = fit_avcs_thresholds(logits[:, calib], labels[calib], cfg.alpha, start=cfg.avcs_start, num_parallel=copies, seed=seed, draws=cfg.avcs_draws)
         fitted = time.perf_counter()
         sets = avcs_sets(logits[:, evaluation], fit.thresholds, cfg.alpha, generator=torch.Generator().manual_seed(seed + 10_000), num_parallel=copies)
         eval_seconds += time.perf_counter() - fitted
