@@ -89,3 +89,18 @@ def test_method_comparison_one_point_per_method_at_the_seed_means():
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["KD"]
     x, y = ax.containers[0].lines[0].get_data()
     assert (round(float(x[0]), 6), round(float(y[0]), 6)) == (65.0, 30.0)  # average (1 + 0.3) / 2, worst 0.3
+
+
+def test_method_comparison_keeps_coinciding_methods_visible_and_counts_seeds():
+    from kdteach.experiments.dedier import StudentResult
+    from kdteach.plots import plot_method_comparison
+
+    # KD and DeDiER at exactly the same point (as in smoke mode): different hollow markers, both in the legend.
+    results = [StudentResult("d", m, 0, None, _metrics(1.0, 0.5), 3, 1, 0.5) for m in ("KD", "DeDiER")]
+    ax = plot_method_comparison(results, title="d").axes[0]
+    lines = [c.lines[0] for c in ax.containers]
+    assert [ln.get_marker() for ln in lines][0] != [ln.get_marker() for ln in lines][1]
+    assert all(ln.get_fillstyle() == "none" for ln in lines)
+    assert ax.get_title() == "d (1 seed)" and "±" not in ax.get_title()
+    two = [StudentResult("d", "KD", s, None, _metrics(1.0, w), 3, 1, 0.5) for s, w in enumerate((0.2, 0.4))]
+    assert plot_method_comparison(two, title="d").axes[0].get_title() == "d (mean ± std over 2 seeds)"

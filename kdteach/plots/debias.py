@@ -58,9 +58,12 @@ def plot_method_comparison(results: Sequence[Any], *, title: str = "") -> Figure
     """Worst-group against average (train-weighted) accuracy, one point per method: the mean over seeds, with the
     seed-to-seed standard deviation as error bars where there are two seeds or more.
 
+    Each method has its own hollow marker, so methods that land on the same point (in smoke mode DeDiER and KD
+    can) stay visible; the title says how many seeds the points average.
+
     Args:
         results: kdteach.experiments.dedier.StudentResult of one dataset (students without a test score are skipped).
-        title: figure title.
+        title: figure title (the seed count is appended).
 
     Returns:
         The figure.
@@ -72,12 +75,16 @@ def plot_method_comparison(results: Sequence[Any], *, title: str = "") -> Figure
         return None if math.isnan(summary.std) else 100 * summary.std
 
     fig, ax = plt.subplots(figsize=(5.0, 4.0))
-    for method in worst:
+    markers = "osD^vP*X"
+    seeds = max(len(v) for v in worst.values())
+    for i, method in enumerate(worst):
         w, a = summarize_seeds(list(worst[method].values())), summarize_seeds(list(average[method].values()))
-        ax.errorbar(100 * a.mean, 100 * w.mean, xerr=error(a), yerr=error(w), fmt="o", capsize=3, label=method)
+        ax.errorbar(100 * a.mean, 100 * w.mean, xerr=error(a), yerr=error(w), fmt=markers[i % len(markers)], capsize=3,
+                    markersize=9 - i % 3, fillstyle="none", markeredgewidth=1.5, label=method)
     ax.set_xlabel("average accuracy, train-weighted (%)")
     ax.set_ylabel("worst-group accuracy (%)")
     ax.legend(fontsize=8)
-    ax.set_title(title)
+    spread = f"mean ± std over {seeds} seeds" if seeds > 1 else "1 seed"
+    ax.set_title(f"{title} ({spread})" if title else spread)
     fig.tight_layout()
     return fig
