@@ -94,7 +94,7 @@ def test_method_differences_over_splits_go_through_the_paired_verdict():
 
 def test_infeasible_avcs_thresholds_are_reported():
     lines = report.set_sentences(classification([0.93] * 5, [0.1] * 5, [0.0] * 5, feasible=False))
-    assert any(line.startswith("In 5 of 5 splits not even tau = 1") for line in lines)
+    assert any(line.startswith("In 5 of 5 splits not even the smallest candidate tau") for line in lines)
     assert not any(line.startswith("In ") for line in report.set_sentences(classification([0.96] * 5, [0.1] * 5, [0.0] * 5)))
 
 
