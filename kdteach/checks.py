@@ -161,3 +161,9 @@ def check_labels(name: str, labels: Any, n: int | None, num_classes: int | None,
         low, high = int(labels.min()), int(labels.max())
         if low < 0 or high >= num_classes:
             raise ValueError(f"{name} must be in [0, {num_classes}), got values in [{low}, {high}]")
+
+
+def check_weight_source(name: str, value: Any) -> None:
+    """Refuses an instance-weight source without weights_for(index) (DeDiERReweighting, debias.InstanceWeights)."""
+    if not callable(getattr(value, "weights_for", None)):
+        raise ValueError(f"{name} must have a weights_for(index) method, got {type(value).__name__}")

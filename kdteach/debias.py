@@ -509,8 +509,7 @@ class WeightedCrossEntropy:
     """
 
     def __init__(self, instance_weights: "InstanceWeights") -> None:
-        if not callable(getattr(instance_weights, "weights_for", None)):
-            raise ValueError(f"instance_weights must have a weights_for(index) method, got {type(instance_weights).__name__}")
+        checks.check_weight_source("instance_weights", instance_weights)
         self.instance_weights = instance_weights
 
     def __call__(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:

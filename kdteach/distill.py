@@ -232,8 +232,8 @@ class KDLoss:
         _check_temperature(temperature)
         if not 0.0 <= soft_weight <= 1.0:
             raise ValueError(f"soft_weight must be in [0, 1], got {soft_weight!r}")
-        if instance_weights is not None and not callable(getattr(instance_weights, "weights_for", None)):
-            raise ValueError(f"instance_weights must have a weights_for(index) method, got {type(instance_weights).__name__}")
+        if instance_weights is not None:
+            checks.check_weight_source("instance_weights", instance_weights)
         self.temperature = temperature
         self.soft_weight = soft_weight
         self.teacher = FrozenTeacher(teacher) if teacher is not None and not isinstance(teacher, FrozenTeacher) else teacher

@@ -63,7 +63,8 @@ def test_finished_run_returns_at_once_from_its_checkpoint(tmp_path):
 def test_checkpoint_loads_with_weights_only(tmp_path):
     ckpt = tmp_path / "run.pt"
     train(1, checkpoint=ckpt)
-    torch.load(ckpt, weights_only=True)  # raises if anything but tensors and plain containers was pickled
+    state = torch.load(ckpt, weights_only=True)  # raises if anything but tensors and plain containers was pickled
+    assert {"signature", "model", "optimizer"} <= set(state) and state["signature"]["epochs"] == 1
 
 
 def test_max_norm_constraint_holds_after_training():
