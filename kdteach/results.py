@@ -88,6 +88,24 @@ def show_reference(name: str) -> None:
     print(markdown_table(ref.rows))
 
 
+def show_findings(name: str, *, containing: str | None = None) -> None:
+    """Prints the findings of an experiment's reference result (the report module's sentences, stored with it).
+
+    Notebooks call this instead of typing the reference numbers into their prose, so the text can never go stale.
+
+    Args:
+        name: the experiment.
+        containing: print only the sentences with this text (e.g. "balanced accuracy" for the probes).
+    """
+    ref = load_reference(name)
+    if ref is None:
+        print(f"Reference findings: none committed for {name!r} yet (results/{name}/ in a clone of the repository).")
+        return
+    lines = [line for line in ref.meta.get("findings", []) if containing is None or containing in line]
+    print(f"Reference findings ({provenance_line(ref.meta)}):")
+    print("\n".join(f"- {line}" for line in lines) if lines else "(none recorded)")
+
+
 def readme_section(folder: Path | None = None) -> str:
     """The README's generated results section: one subsection per experiment in results/, with provenance.
 

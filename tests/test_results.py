@@ -53,3 +53,13 @@ def test_the_readme_matches_the_committed_results():
     """The README's results section is exactly what `python -m kdteach.results` generates from results/."""
     readme = (runtime.checkout_root() / "README.md").read_text()
     assert results.readme_section() in readme, "README.md is stale: run `python -m kdteach.results`"
+
+
+def test_show_findings_prints_the_stored_sentences(tmp_path, monkeypatch, capsys):
+    _write(tmp_path, "exits", {"seeds": [0, 1, 2], "findings": ["exit 3 is clearly higher", "ECE ranges from 1% to 9%"]}, [])
+    monkeypatch.setattr(results, "results_dir", lambda: tmp_path)
+    results.show_findings("exits", containing="ECE")
+    out = capsys.readouterr().out
+    assert "3 seeds" in out and "- ECE ranges from 1% to 9%" in out and "clearly" not in out
+    results.show_findings("absent")
+    assert "none committed" in capsys.readouterr().out
