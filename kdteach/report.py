@@ -335,6 +335,30 @@ def hinton_headline_sentences(headline: Any) -> list[str]:
             comparison_sentence(c, what="test errors", ours="distilled student", reference="student alone", scale=1.0, unit=" errors")]
 
 
+def hinton_seed_rows(seeds: Any) -> list[dict[str, Any]]:
+    """The headline's students at several seeds: one row per seed, then the mean ± std.
+
+    Args:
+        seeds: a hinton.SeedErrors.
+
+    Returns:
+        Rows: seed, student alone, distilled student, distilled - alone (test errors).
+    """
+    rows = [{"seed": s, "student alone": a, "distilled student": d, "distilled - alone": d - a}
+            for s, a, d in zip(seeds.seeds, seeds.alone_errors, seeds.distilled_errors)]
+    diffs = [d - a for a, d in zip(seeds.alone_errors, seeds.distilled_errors)]
+    return rows + [{"seed": "mean ± std", "student alone": mean_std(seeds.alone_errors), "distilled student": mean_std(seeds.distilled_errors),
+                    "distilled - alone": mean_std(diffs)}]
+
+
+def hinton_seed_sentences(seeds: Any) -> list[str]:
+    """The headline's students over seeds, in words: distilled against alone by paired_comparison."""
+    c = paired_comparison(list(seeds.distilled_errors), list(seeds.alone_errors))
+    return [f"Over seeds {list(seeds.seeds)} (one teacher): student alone {mean_std(seeds.alone_errors)}, distilled "
+            f"{mean_std(seeds.distilled_errors)} test errors out of {seeds.test_size}.",
+            comparison_sentence(c, what="test errors", ours="distilled student", reference="student alone", scale=1.0, unit=" errors")]
+
+
 def hinton_sweep_sentences(sweep: Any) -> list[str]:
     """Per width, the temperature with the fewest test errors; one seed, so it says the ranking is not decided."""
     lines = []
@@ -365,7 +389,7 @@ def hinton_regularizer_sentences(curves: Any) -> list[str]:
 
 def hinton_sentences(result: Any) -> list[str]:
     """Every sentence about a hinton.HintonResult, in the notebook's order."""
-    return (hinton_headline_sentences(result.headline) + hinton_sweep_sentences(result.sweep)
+    return (hinton_headline_sentences(result.headline) + hinton_seed_sentences(result.seeds) + hinton_sweep_sentences(result.sweep)
             + hinton_omitted_sentences(result.omitted) + hinton_regularizer_sentences(result.regularizer))
 
 

@@ -104,3 +104,28 @@ def test_omitted_and_regularizer_sentences_carry_their_numbers():
     curves = hinton.RegularizerCurves(n_train=90, hard=(0.5, 0.7, 0.6), soft=(0.4, 0.6, 0.8))
     hard, soft = report.hinton_regularizer_sentences(curves)
     assert "0.7000 (epoch 2)" in hard and "final 0.6000" in hard and "0.8000 (epoch 3)" in soft
+
+
+def test_seed_table_and_the_comparison_over_three_seeds():
+    seeds = hinton.SeedErrors(test_size=10000, seeds=(0, 1, 2), alone_errors=(165, 166, 167), distilled_errors=(93, 91, 102))
+    rows = report.hinton_seed_rows(seeds)
+    assert [r["distilled - alone"] for r in rows[:3]] == [-72, -75, -65]
+    # By hand: differences -72, -75, -65 have mean -70.67 and sd 5.13; the last row says so.
+    assert rows[3]["distilled - alone"].startswith("-70.7 ± 5.1") and rows[3]["student alone"].startswith("166.0 ± 1.0")
+    text = " ".join(report.hinton_seed_sentences(seeds))
+    assert "clearly lower" in text and "-70.7" in text
+    # The same numbers at one seed give no verdict.
+    one = hinton.SeedErrors(test_size=10000, seeds=(0,), alone_errors=(165,), distilled_errors=(93,))
+    assert "clearly" not in " ".join(report.hinton_seed_sentences(one))
+
+
+def test_headline_seeds_reuses_one_teacher_and_trains_each_seed(one_thread, monkeypatch):
+    cfg = dataclasses.replace(hinton.SMOKE_CONFIG, train_size=120, test_size=60, batch_size=32, student_epochs=1, seeds=(5, 6))
+    data = load_digit_splits(cfg.train_size, cfg.test_size, "cpu", verbose=False)
+    teacher = hinton.MLP((784, 16, 16, 10)).eval()
+    trained = []
+    real = hinton.train_student
+    monkeypatch.setattr(hinton, "train_student", lambda *a, **k: trained.append((k["seed"], k["name"])) or real(*a, **k))
+    result = hinton.headline_seeds(cfg, data, teacher, "cpu", progress=False)
+    assert result.seeds == (5, 6) and trained == [(5, "student alone"), (5, "distilled"), (6, "student alone"), (6, "distilled")]
+    assert all(0 <= e <= 60 for e in result.alone_errors + result.distilled_errors) and result.test_size == 60
