@@ -165,6 +165,16 @@ def test_ablations_start_from_the_reference_setting(prep, epochs_run):
         dedier.ablation(prep, TINY, "temperature")
 
 
+def test_ablations_use_the_few_seeds_and_compare_takes_seeds(prep):
+    # The main comparison runs cfg.seeds; the ablations (and colored_digits' table) cfg.few_seeds.
+    cfg = dataclasses.replace(TINY, seeds=(0, 1), few_seeds=(1,))
+    assert [r.seed for r in dedier.ablation(prep, cfg, "stage", progress=False)] == [1, 1]
+    assert [(r.method, r.seed) for r in dedier.compare(prep, cfg, methods=("ERM",), progress=False)] == [("ERM", 0), ("ERM", 1)]
+    assert [r.seed for r in dedier.compare(prep, cfg, methods=("ERM",), seeds=cfg.few_seeds, progress=False)] == [1]
+    full = dedier.config("full")
+    assert len(full.seeds) >= 5 and len(full.few_seeds) >= 3 and set(full.few_seeds) <= set(full.seeds)
+
+
 def test_readout_diagnostics_by_group(prep):
     kd = dedier.train_student("KD", prep, TINY, progress=False)
     diag, logits = dedier.readout_diagnostics(prep, TINY, kd.model)
