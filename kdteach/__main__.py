@@ -19,6 +19,7 @@ EXPERIMENTS = {
     "text": ("text", "notebook 04: BERT -> DistilBERT (or the offline stand-in) with early readouts"),
     "exits": ("exits", "notebook 05: a multi-exit network, accuracy and compute per exit"),
     "sets": ("sets", "notebook 06: split conformal vs anytime-valid prediction sets per exit"),
+    "capstone": ("capstone", "notebook 07: KD and DeDiER multi-exit students, coverage per exit and group"),
 }
 
 

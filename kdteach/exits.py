@@ -130,6 +130,15 @@ class MultiExit(nn.Module):
         return {name: _head_input(h, self.head_pool).shape[1] for name, h in taps.items()}
 
     @property
+    def stage_names(self) -> tuple[str, ...]:
+        """The backbone's stages: with features(), the feature-tap interface an EarlyReadout reads."""
+        return tuple(self.backbone.stage_names)
+
+    def features(self, x: torch.Tensor, *, upto: str | None = None) -> dict[str, torch.Tensor]:
+        """The backbone's stage outputs up to `upto` (its features()), so DeDiER's readout can read a multi-exit student."""
+        return self.backbone.features(x, upto=upto)
+
+    @property
     def num_exits(self) -> int:
         """How many exits the network has."""
         return len(self.exit_names)

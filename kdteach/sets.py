@@ -65,6 +65,7 @@ __all__ = [
     "mean_size",
     "empty_rate",
     "class_conditional_coverage",
+    "group_conditional_coverage",
     "nestedness",
     "non_nested_examples",
     "SetMetrics",
@@ -733,6 +734,32 @@ def class_conditional_coverage(sets: torch.Tensor, labels: torch.Tensor) -> torc
     labels = labels.to(sets.device)
     hit = sets.gather(-1, labels.expand(sets.shape[:-1]).unsqueeze(-1)).squeeze(-1).double()  # (..., N)
     one_hot = torch.nn.functional.one_hot(labels, sets.shape[-1]).double()  # (N, C)
+    counts = one_hot.sum(dim=0)
+    return (hit @ one_hot) / counts.where(counts > 0, torch.full_like(counts, math.nan))
+
+
+def group_conditional_coverage(sets: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """Coverage among the examples of each group (e.g. label x spurious attribute; NaN for an empty group).
+
+    Marginal coverage of 1 - alpha says nothing about a group: a set can cover the majority groups always and a
+    minority group far less. Split conformal promises coverage per group only when calibrated per group.
+
+    Args:
+        sets: (N, C) or (exits, N, C) bool.
+        labels: (N,) labels.
+        groups: (N,) group ids in [0, num_groups).
+        num_groups: how many groups.
+
+    Returns:
+        (num_groups,) or (exits, num_groups) float64.
+    """
+    _check_sets("sets", sets)
+    check_labels("labels", labels, sets.shape[-2], sets.shape[-1])
+    num_groups = check_int("num_groups", num_groups, minimum=1)
+    check_labels("groups", groups, sets.shape[-2], num_groups)
+    labels, groups = labels.to(sets.device), groups.to(sets.device)
+    hit = sets.gather(-1, labels.expand(sets.shape[:-1]).unsqueeze(-1)).squeeze(-1).double()  # (..., N)
+    one_hot = torch.nn.functional.one_hot(groups, num_groups).double()  # (N, G)
     counts = one_hot.sum(dim=0)
     return (hit @ one_hot) / counts.where(counts > 0, torch.full_like(counts, math.nan))
 

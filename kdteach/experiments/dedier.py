@@ -247,7 +247,9 @@ def _batches(prep: Prepared, cfg: DeDiERConfig, seed: int, **extra: torch.Tensor
     return prep.train.batches(cfg.batch_size, device=prep.device, shuffle=True, seed=seed, extra=extra, augment=prep.augment)
 
 
-def _readout(cfg: DeDiERConfig, stage: str, prep: Prepared, seed: int, *, drift: bool = False) -> EarlyReadout:
+def early_readout(cfg: DeDiERConfig, stage: str, prep: Prepared, seed: int, *, drift: bool = False) -> EarlyReadout:
+    """The notebook's EarlyReadout at a stage (cfg's head, epochs, lr, batch size), seeded; drift: the official
+    code's BatchNorm drift (the student in train mode while the readout reads it)."""
     return EarlyReadout(stage, prep.train.num_classes, head=cfg.readout_head, epochs=cfg.readout_epochs, lr=cfg.readout_lr,
                         batch_size=cfg.readout_batch_size, seed=seed, features_in_train_mode=drift)
 
@@ -283,7 +285,7 @@ def _dedier(prep: Prepared, cfg: DeDiERConfig, setting: Setting | None, seed: in
         raise ValueError(f"cfg.epochs ({cfg.epochs}) must exceed cfg.start_after ({cfg.start_after}): no epoch would be reweighted")
     sticky, freeze, drift = DEFECTS[setting.variant]
     model, train = _student(prep, cfg, seed), _batches(prep, cfg, seed, teacher_logits=prep.teacher_logits)
-    reweighting = DeDiERReweighting(model, _readout(cfg, setting.stage, prep, seed, drift=drift), train, alpha=setting.alpha,
+    reweighting = DeDiERReweighting(model, early_readout(cfg, setting.stage, prep, seed, drift=drift), train, alpha=setting.alpha,
                                     beta=setting.beta, start_after=cfg.start_after, sticky=sticky, freeze_shared=freeze)
     # The kept epoch comes from epochs trained with readout weights: epoch start_after (0-based) is the first.
     return Recipe(model, train, _kd_loss(prep, cfg, reweighting), reweighting, first_epoch=cfg.start_after)
@@ -329,7 +331,7 @@ def readout_diagnostics(prep: Prepared, cfg: DeDiERConfig, student: nn.Module, *
     """Trains an early readout on a student (e.g. KD's) at stage (default cfg.readout_stage) and measures what DeDiER
     relies on (debias.diagnose_readout). Returns (the diagnosis, the readout's (N_train, C) logits for plots)."""
     stage, data = stage or cfg.readout_stage, prep.train
-    batches, readout = data.batches(cfg.batch_size, device=prep.device, shuffle=True, seed=seed), _readout(cfg, stage, prep, seed)
+    batches, readout = data.batches(cfg.batch_size, device=prep.device, shuffle=True, seed=seed), early_readout(cfg, stage, prep, seed)
     with common.threads_for(batches, prep.device):
         readout.fit(student, batches)
         logits = readout.predict(student, batches).cpu()
