@@ -973,6 +973,11 @@ def capstone_sentences(result: Any, *, alpha: float, mode: str = "full", methods
             lines.append(f"{method}, {kd} student, {where[e]}: coverage (%) of every example {mean_interval(marginal, scale=100.0)}, "
                          f"of its worst group {mean_interval(worst, scale=100.0)}.")
         if method == "AVCS":
+            size = [mean_interval(list(_capstone_value(r, kd, method, "size", e, None).values()), digits=2) for e in range(last + 1)]
+            accuracy = mean_interval([sum(o.accuracy[0][g] * n for g, n in enumerate(r.test_counts)) / sum(r.test_counts)
+                                      for o in r.outcomes if o.model == kd], scale=100.0)
+            lines.append(f"AVCS, {kd} student: mean set size per exit {', '.join(size)} labels; its test accuracy at {where[0]} "
+                         f"{accuracy}% (a set of at most one label covers only where the prediction is right).")
             share = {m: mean_std([o.avcs_feasible for o in r.outcomes if o.model == m], scale=100.0, digits=0) for m in ["teacher", *students]}
             lines.append("AVCS's threshold rule reached its rank (coverage guaranteed) on this % of calibration splits: "
                          + "; ".join(f"{m} {v}" for m, v in share.items()) + ". Where it does not, no candidate threshold can: the "

@@ -110,6 +110,7 @@ def test_a_tiny_capstone_run(tiny_run):
         assert o.by_group["AVCS"][0].nestedness == (1.0,) * len(o.accuracy)  # AVCS sets are nested by construction
         assert 0.0 <= o.avcs_feasible <= 1.0
     assert set(result.conflicting) == {1, 2}  # landbird on water, waterbird on land
+    assert sum(result.test_counts) == TINY_SPURIOUS.n_test
     assert len(report.capstone_rows(result, method="LAC")) == 1 + 3 * len(capstone.EXITS)
     with pytest.raises(ValueError, match="variant"):
         capstone.train_student("DeDiER++", None, TINY_DEDIER, TINY)
@@ -129,7 +130,7 @@ def _constructed(seeds, kd_gap, dedier_gap):
         outcomes.append(_outcome("teacher", seed, 0.88, 0.92, exits=1))
         outcomes.append(_outcome("KD", seed, 0.90 - kd_gap + 0.01 * i, 0.95))
         outcomes.append(_outcome("DeDiER, exit 1", seed, 0.90 - dedier_gap + 0.01 * i, 0.95))
-    return capstone.DatasetResult("waterbirds_like", ("a", "b", "c", "d"), (1, 2), capstone.EXITS, tuple(seeds), tuple(outcomes))
+    return capstone.DatasetResult("waterbirds_like", ("a", "b", "c", "d"), (1, 2), capstone.EXITS, tuple(seeds), tuple(outcomes), (40, 10, 10, 40))
 
 
 def test_capstone_sentences_follow_the_rule():
@@ -140,6 +141,9 @@ def test_capstone_sentences_follow_the_rule():
     # DeDiER's worst group 0.80-0.82 against KD's 0.50-0.52: +30 points in every seed.
     assert any("DeDiER, exit 1 - KD on LAC worst-group coverage at exit 1" in line and "clearly higher" in line for line in lines)
     assert "KD student - teacher on LAC worst-group coverage" in text and "-37.0" in text
+    # AVCS: sizes of 1 label; accuracy weighted by the test counts: (0.9 * 40 + 0.5 * 10 + 0.5 * 10 + 0.9 * 40) / 100 = 82%.
+    avcs = "\n".join(report.capstone_sentences(_constructed((0, 1, 2), kd_gap=0.4, dedier_gap=0.1), alpha=0.1, methods=("AVCS",)))
+    assert "mean set size per exit 1.00" in avcs and "82.0 [82.0, 82.0]" in avcs
     # At one seed the same numbers give no verdict anywhere.
     one = "\n".join(report.capstone_sentences(_constructed((0,), kd_gap=0.40, dedier_gap=0.10), alpha=0.1, mode="smoke"))
     assert "clearly" not in one and "smoke mode" in one

@@ -233,7 +233,8 @@ def measure(logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, nu
 @dataclass(frozen=True)
 class DatasetResult:
     """One dataset: its groups (and which are bias-conflicting: the spurious attribute disagrees with the label),
-    the exits' names, and every model's outcomes (the teacher's with each student seed's splits)."""
+    the exits' names, the seeds, every model's outcomes (the teacher's with each student seed's splits), and the
+    test examples per group."""
 
     dataset: str
     group_names: tuple[str, ...]
@@ -241,6 +242,7 @@ class DatasetResult:
     exits: tuple[str, ...]
     seeds: tuple[int, ...]
     outcomes: tuple[ModelOutcome, ...]
+    test_counts: tuple[int, ...] = ()  # test examples per group
 
 
 def run_dataset(dataset: str, cfg: CapstoneConfig, device: torch.device | str, *, seeds: tuple[int, ...] | None = None,
@@ -269,7 +271,8 @@ def run_dataset(dataset: str, cfg: CapstoneConfig, device: torch.device | str, *
             student = train_student(variant, prep, dcfg, cfg, seed=seed, progress=progress)
             outcomes.append(measure(exit_logits(student, ordered), model=variant, seed=seed, **args))
     conflicting = tuple(g for g in range(test.num_groups) if bool((test.spurious != test.labels)[test.groups == g].all()))
-    return DatasetResult(dataset, tuple(test.group_names), conflicting, EXITS, seeds, tuple(outcomes))
+    counts = tuple(int((test.groups == g).sum()) for g in range(test.num_groups))
+    return DatasetResult(dataset, tuple(test.group_names), conflicting, EXITS, seeds, tuple(outcomes), counts)
 
 
 @dataclass(frozen=True)
