@@ -106,6 +106,31 @@ def show_findings(name: str, *, containing: str | None = None) -> None:
     print("\n".join(f"- {line}" for line in lines) if lines else "(none recorded)")
 
 
+# The notebook each experiment belongs to, for the wall-time table.
+NOTEBOOK_OF = {"hinton": "01", "spurious": "02", "dedier": "03", "text": "04 (offline stand-in)", "exits": "05", "sets": "06", "capstone": "07"}
+
+
+def wall_time_rows(folder: Path | None = None) -> list[dict[str, Any]]:
+    """One row per committed result: notebook, command, seeds, wall time, device and commit, from its provenance.
+
+    Args:
+        folder: the results folder (default: results_dir()).
+
+    Returns:
+        Rows in notebook order.
+    """
+    folder = folder or results_dir()
+    names = [p.name for p in folder.iterdir() if (p / f"{p.name}.json").exists()] if folder.exists() else []
+    rows = []
+    for name in sorted(names, key=lambda n: (NOTEBOOK_OF.get(n, "99"), n)):
+        meta = load_reference(name, folder=folder).meta  # type: ignore[union-attr]
+        seconds = float(meta.get("wall_seconds", 0.0))
+        rows.append({"notebook": NOTEBOOK_OF.get(name, "?"), "command": f"`python -m kdteach {name} --mode {meta.get('mode', 'full')}`",
+                     "seeds": len(meta.get("seeds") or []), "wall time": f"{int(seconds // 60)} min {int(seconds % 60):02d} s",
+                     "device": meta.get("device", "?"), "commit": meta.get("commit", "?")})
+    return rows
+
+
 def readme_section(folder: Path | None = None) -> str:
     """The README's generated results section: one subsection per experiment in results/, with provenance.
 
@@ -115,19 +140,21 @@ def readme_section(folder: Path | None = None) -> str:
     Returns:
         Markdown between README_BEGIN and README_END (markers included).
     """
+    from kdteach.report import markdown_table
+
     folder = folder or results_dir()
     parts = [README_BEGIN]
     names = sorted(p.name for p in folder.iterdir() if (p / f"{p.name}.json").exists()) if folder.exists() else []
     for name in names:
         ref = load_reference(name, folder=folder)
         assert ref is not None
-        from kdteach.report import markdown_table
-
         parts.append(f"### {ref.meta.get('title', name)} (`results/{name}/`)\n\n*{provenance_line(ref.meta)}*\n\n"
                      f"{markdown_table(ref.rows)}\n")
         parts.extend(f"- {line}" for line in ref.meta.get("findings", []))
     if not names:
         parts.append("(no reference results committed yet)")
+    else:
+        parts.append("\n### Wall time of each full-mode run (from the provenance above)\n\n" + markdown_table(wall_time_rows(folder)) + "\n")
     parts.append(README_END)
     return "\n".join(parts)
 

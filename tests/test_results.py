@@ -26,6 +26,10 @@ def test_readme_section_lists_every_result_with_its_provenance(tmp_path):
     assert section.startswith(results.README_BEGIN) and section.endswith(results.README_END)
     assert section.index("Notebook 05") < section.index("`results/sets/`")
     assert "| exit | accuracy |" in section and "3 seeds" in section and "| AVCS | 0.95 |" in section
+    # The wall-time table, in notebook order, from each result's provenance (60 s: "1 min 00 s").
+    rows = results.wall_time_rows(tmp_path)
+    assert [r["notebook"] for r in rows] == ["05", "06"] and rows[0]["wall time"] == "1 min 00 s" and rows[0]["seeds"] == 3
+    assert "### Wall time of each full-mode run" in section and "`python -m kdteach exits --mode full`" in section
 
 
 def test_update_readme_rewrites_only_the_generated_part(tmp_path):
