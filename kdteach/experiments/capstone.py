@@ -304,6 +304,10 @@ def run(mode: str = "smoke", out: str | Path | None = None, *, seed: int = 0, pr
         rows = [row for r in results for row in report.capstone_rows(r, method="AVCS") + report.capstone_rows(r, method="LAC")]
         report.write_report(out, "capstone", rows=rows, meta=meta, figures=figures, result=result,
                             title="Coverage per exit and group (%, mean and 95% interval over seeds): KD and DeDiER students, and the teacher")
+        sizes = [row for r in results for row in report.capstone_rows(r, method="LAC", metric="size") + report.capstone_rows(r, method="AVCS", metric="size")
+                 + report.capstone_rows(r, method="AVCS", metric="empty_rate")]
+        report.write_report(out, "capstone_sizes", rows=sizes, meta=meta,
+                            title="Mean set size per exit and group (labels; empty = 0), and AVCS's empty rate (%)")
         for r in results:
             report.write_report(out, f"capstone_accuracy_{r.dataset}", rows=report.capstone_accuracy_rows(r), meta=meta,
                                 title=f"Test accuracy per exit and group ({r.dataset}, %)")
