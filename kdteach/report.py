@@ -857,16 +857,17 @@ def dedier_readout_findings(diag: Any, *, strong: float = 5.0, some: float = 1.5
 
 
 def dedier_sentences(result: Any, *, mode: str = "full") -> list[str]:
-    """Every sentence about a dedier.DeDiERResult: per dataset the teacher, the readout and the comparison; then the ablations."""
+    """Every sentence about a dedier.DeDiERResult, each led by its dataset (and ablation): per dataset the teacher, the
+    readout and the comparison; then the ablations (on waterbirds_like)."""
     lines, cfg = [], result.config
     for dataset, results in result.comparisons.items():
         teacher = result.teachers[dataset]
         lines.append(f"{dataset}: the teacher's test worst-group accuracy is {teacher.worst_group:.1%}, its average (train-weighted) "
                      f"{teacher.average_train_weighted:.1%}.")
-        lines += dedier_readout_findings(result.readouts[dataset]) + dedier_findings(results, mode=mode)
+        lines += [f"{dataset}: {line}" for line in dedier_readout_findings(result.readouts[dataset]) + dedier_findings(results, mode=mode)]
     references = {"alpha, beta": f"{cfg.alpha:g}, {cfg.beta:g}", "stage": cfg.readout_stage, "variant": "as in the paper"}
     for by, results in result.ablations.items():
-        lines += dedier_ablation_findings(results, by, reference=references[by])
+        lines += [f"waterbirds_like, by {by}: {line}" for line in dedier_ablation_findings(results, by, reference=references[by])]
     return lines
 
 
