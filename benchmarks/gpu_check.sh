@@ -13,7 +13,7 @@ python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; pri
 timeout 120 python -m pytest -q -rs -m "gpu or not gpu" tests/test_train.py tests/test_checks.py tests/test_spurious_experiment.py tests/test_benchmark.py 2>&1 | tail -8 | tee "$out/gpu_tests.txt"
 python benchmarks/kd_throughput.py --tutorial-steps 40 --out "$out/bench_eager.json" 2>&1 | tee "$out/bench_eager.txt"
 python benchmarks/kd_throughput.py --tutorial-steps 40 --compile --out "$out/bench_compiled.json" 2>&1 | tee "$out/bench_compiled.txt"
-for name in text exits sets spurious dedier hinton; do
+for name in text exits sets spurious dedier capstone hinton; do
   extra=""; [ "$name" = text ] && extra="--dataset standin"
   start=$(date +%s)
   timeout 240 python -m kdteach "$name" --mode full $extra --out "$out/results/$name" --no-progress 2>&1 | tail -30 > "$out/$name.txt"
