@@ -988,7 +988,7 @@ def capstone_sentences(result: Any, *, alpha: float, mode: str = "full", methods
             c = paired_comparison(_capstone_reduce(r, model, method, "coverage", 0, conflicting, "mean"),
                                   _capstone_reduce(r, model, method, "coverage", 0, aligned, "mean"))
             lines.append(comparison_sentence(c, what=f"{method} coverage at {where[0]} ({model} student)",
-                                             ours="bias-conflicting groups", reference="bias-aligned groups"))
+                                             ours="the bias-conflicting groups' mean", reference="the bias-aligned groups' mean"))
         c = paired_comparison(_capstone_reduce(r, kd, method, "coverage", last, groups, "min"),
                               _capstone_reduce(r, "teacher", method, "coverage", 0, groups, "min"))
         lines.append(comparison_sentence(c, what=f"{method} worst-group coverage ({where[last]} against the teacher's one exit, same splits)",

@@ -90,7 +90,7 @@ class DeDiERConfig:
 
 SMOKE_CONFIG = DeDiERConfig(mode="smoke", digits_sizes=(600, 300, 400), real_sizes=(600, 300, 300), real_teacher_epochs=1, student_width=8, epochs=3,
                             lr=3e-3, readout_batch_size=32, jtt_epochs=1, dro_step_size=0.05, seeds=(0,), few_seeds=(0,), sweep_settings=((0.05, 2.0), (1.0, 4.0)), margins=(0.0, 0.5))
-# Sized for a 2-core CPU (about 17 minutes for run("full")): notebook 02's full-mode data and teacher, its ResNet-8
+# Sized for a 2-core CPU (15 minutes for run("full") with notebook 02's teacher cached): notebook 02's full-mode data and teacher, its ResNet-8
 # (width 8) student, 10 epochs; colored_digits at 2,000 training images. The GPU-sized run had width 16, 20 epochs
 # and 12,000 digits (about 13 minutes per seed of waterbirds_like alone on this CPU).
 FULL_CONFIG = DeDiERConfig()
