@@ -76,6 +76,11 @@ def mean_std(values: Sequence[float], *, scale: float = 1.0, digits: int = 1) ->
     return summarize_seeds(values).format(scale=scale, digits=digits)
 
 
+def _t_half_width(std: float, n: int) -> float:
+    # Half the width of the 95% t-interval of a mean of n values with sample standard deviation std (n >= 2).
+    return float(stats.t.ppf(0.5 + CONFIDENCE / 2, df=n - 1) * std / math.sqrt(n))
+
+
 def mean_interval(values: Sequence[float], *, scale: float = 1.0, digits: int = 1) -> str:
     """Formats values as "mean [low, high] (n=...)" with the 95% t-interval of the mean (the rule's confidence).
 
@@ -90,7 +95,7 @@ def mean_interval(values: Sequence[float], *, scale: float = 1.0, digits: int = 
     summary = summarize_seeds(values)
     if summary.n < 2:
         return summary.format(scale=scale, digits=digits)
-    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, df=summary.n - 1) * summary.std / math.sqrt(summary.n))
+    half = _t_half_width(summary.std, summary.n)
     low, high = (summary.mean - half) * scale, (summary.mean + half) * scale
     return f"{summary.mean * scale:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}] (n={summary.n})"
 
@@ -141,7 +146,7 @@ def paired_comparison(ours: Mapping[Any, float] | Sequence[float], reference: Ma
     mean = float(diffs.mean()) if n else math.nan
     low = high = math.nan
     if n >= 2:
-        half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, df=n - 1) * diffs.std(ddof=1) / math.sqrt(n))
+        half = _t_half_width(float(diffs.std(ddof=1)), n)
         low, high = mean - half, mean + half
     verdict: Verdict
     if n < MIN_SEEDS:

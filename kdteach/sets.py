@@ -730,12 +730,7 @@ def class_conditional_coverage(sets: torch.Tensor, labels: torch.Tensor) -> torc
         (C,) or (exits, C) float64.
     """
     _check_sets("sets", sets)
-    check_labels("labels", labels, sets.shape[-2], sets.shape[-1])
-    labels = labels.to(sets.device)
-    hit = sets.gather(-1, labels.expand(sets.shape[:-1]).unsqueeze(-1)).squeeze(-1).double()  # (..., N)
-    one_hot = torch.nn.functional.one_hot(labels, sets.shape[-1]).double()  # (N, C)
-    counts = one_hot.sum(dim=0)
-    return (hit @ one_hot) / counts.where(counts > 0, torch.full_like(counts, math.nan))
+    return group_conditional_coverage(sets, labels, labels, sets.shape[-1])  # the classes as the groups
 
 
 def group_conditional_coverage(sets: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, num_groups: int) -> torch.Tensor:

@@ -117,7 +117,10 @@ def test_a_tiny_capstone_run(tiny_run):
 
 
 def _outcome(model, seed, conflicting_cov, aligned_cov, exits=3):
-    sets = lambda c: capstone.GroupSets((c,) * exits, (1.0,) * exits, (0.0,) * exits, (1.0,) * exits)
+    from kdteach.sets import MethodSummary
+
+    sets = lambda c: MethodSummary("LAC", 10, (c,) * exits, (0.0,) * exits, (1.0,) * exits, (0.0,) * exits, (0.0,) * exits, (1.0,) * exits,
+                                   c, 0.0, 0.0, 0.0, c)
     per_group = (sets(aligned_cov), sets(conflicting_cov), sets(conflicting_cov), sets(aligned_cov))
     by = {m: per_group for m in capstone.SET_METHODS}
     marginal = {m: sets((conflicting_cov + aligned_cov) / 2) for m in capstone.SET_METHODS}

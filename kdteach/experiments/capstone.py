@@ -32,7 +32,7 @@ from kdteach.exits import MultiExit, exit_logits
 from kdteach.experiments import common, dedier
 from kdteach.groups import group_metrics
 from kdteach.models.resnet import resnet_cifar
-from kdteach.sets import calibration_split, method_sets, set_metrics
+from kdteach.sets import MethodSummary, calibration_split, method_sets, set_metrics, summarize_splits
 from kdteach.train import predict
 
 VARIANTS = ("KD", "DeDiER, detached readout", "DeDiER, exit 1")
@@ -162,36 +162,19 @@ def train_student(variant: str, prep: dedier.Prepared, dcfg: dedier.DeDiERConfig
 
 
 @dataclass(frozen=True)
-class GroupSets:
-    """One family of sets on one group (or on every example), averaged over calibration splits: per exit."""
-
-    coverage: tuple[float, ...]
-    size: tuple[float, ...]
-    empty_rate: tuple[float, ...]
-    nestedness: tuple[float, ...]
-
-
-@dataclass(frozen=True)
 class ModelOutcome:
-    """One model of one seed on the test split: per exit and group, its accuracy; per set method, its GroupSets on
-    every example (marginal) and on each group (a teacher has one exit); the share of calibration splits on which
+    """One model of one seed on the test split: per exit and group, its accuracy; per set method, its MethodSummary
+    over the calibration splits (kd.sets.summarize_splits: coverage, size, empty rate, nestedness per exit) on every
+    example (marginal) and on each group (a teacher has one exit); the share of calibration splits on which
     AVCS's threshold rule reached its rank (on the others its sets carry no guarantee)."""
 
     dataset: str
     model: str
     seed: int
     accuracy: tuple[tuple[float, ...], ...]  # [exit][group]
-    marginal: dict[str, GroupSets]
-    by_group: dict[str, tuple[GroupSets, ...]]
+    marginal: dict[str, MethodSummary]
+    by_group: dict[str, tuple[MethodSummary, ...]]
     avcs_feasible: float
-
-
-def _mean_sets(metrics: list) -> GroupSets:
-    # SetMetrics of several splits -> their per-exit means.
-    def mean(field: str) -> tuple[float, ...]:
-        return tuple(float(v) for v in torch.tensor([getattr(m, field) for m in metrics], dtype=torch.float64).mean(dim=0))
-
-    return GroupSets(mean("coverage"), mean("size"), mean("empty_rate"), mean("nestedness"))
 
 
 def measure(logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, num_groups: int, cfg: CapstoneConfig, *,
@@ -226,8 +209,9 @@ def measure(logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, nu
                     mine = eval_groups == g
                     if mine.any():
                         by_group[method][g].append(set_metrics(sets[:, mine], eval_labels[mine]))
-    return ModelOutcome(dataset, model, seed, accuracy, {m: _mean_sets(v) for m, v in marginal.items()},
-                        {m: tuple(_mean_sets(v) for v in per) for m, per in by_group.items()}, sum(feasible) / len(feasible))
+    summary = lambda method, metrics: summarize_splits(method, metrics, cfg.alpha)
+    return ModelOutcome(dataset, model, seed, accuracy, {m: summary(m, v) for m, v in marginal.items()},
+                        {m: tuple(summary(m, v) for v in per) for m, per in by_group.items()}, sum(feasible) / len(feasible))
 
 
 @dataclass(frozen=True)
