@@ -106,6 +106,12 @@ def show_findings(name: str, *, containing: str | None = None) -> None:
     print("\n".join(f"- {line}" for line in lines) if lines else "(none recorded)")
 
 
+def result_names(folder: Path | None = None) -> list[str]:
+    """The experiments with a committed result in folder (default: results_dir()), sorted by name."""
+    folder = folder or results_dir()
+    return sorted(p.name for p in folder.iterdir() if (p / f"{p.name}.json").exists()) if folder.exists() else []
+
+
 # The notebook each experiment belongs to, for the wall-time table.
 NOTEBOOK_OF = {"hinton": "01", "spurious": "02", "dedier": "03", "text": "04 (offline stand-in)", "exits": "05", "sets": "06", "capstone": "07"}
 
@@ -119,13 +125,12 @@ def wall_time_rows(folder: Path | None = None) -> list[dict[str, Any]]:
     Returns:
         Rows in notebook order.
     """
-    folder = folder or results_dir()
-    names = [p.name for p in folder.iterdir() if (p / f"{p.name}.json").exists()] if folder.exists() else []
     rows = []
-    for name in sorted(names, key=lambda n: (NOTEBOOK_OF.get(n, "99"), n)):
+    for name in sorted(result_names(folder), key=lambda n: (NOTEBOOK_OF.get(n, "99"), n)):
         meta = load_reference(name, folder=folder).meta  # type: ignore[union-attr]
         seconds = float(meta.get("wall_seconds", 0.0))
-        rows.append({"notebook": NOTEBOOK_OF.get(name, "?"), "command": f"`python -m kdteach {name} --mode {meta.get('mode', 'full')}`",
+        dataset = f" --dataset {meta['dataset']}" if name == "text" and meta.get("dataset") else ""
+        rows.append({"notebook": NOTEBOOK_OF.get(name, "?"), "command": f"`python -m kdteach {name} --mode {meta.get('mode', 'full')}{dataset}`",
                      "seeds": len(meta.get("seeds") or []), "wall time": f"{int(seconds // 60)} min {int(seconds % 60):02d} s",
                      "device": meta.get("device", "?"), "commit": meta.get("commit", "?")})
     return rows
@@ -144,7 +149,7 @@ def readme_section(folder: Path | None = None) -> str:
 
     folder = folder or results_dir()
     parts = [README_BEGIN]
-    names = sorted(p.name for p in folder.iterdir() if (p / f"{p.name}.json").exists()) if folder.exists() else []
+    names = result_names(folder)
     for name in names:
         ref = load_reference(name, folder=folder)
         assert ref is not None

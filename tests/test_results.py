@@ -30,6 +30,8 @@ def test_readme_section_lists_every_result_with_its_provenance(tmp_path):
     rows = results.wall_time_rows(tmp_path)
     assert [r["notebook"] for r in rows] == ["05", "06"] and rows[0]["wall time"] == "1 min 00 s" and rows[0]["seeds"] == 3
     assert "### Wall time of each full-mode run" in section and "`python -m kdteach exits --mode full`" in section
+    _write(tmp_path, "text", {"seeds": [0], "dataset": "standin"}, [])
+    assert "`python -m kdteach text --mode full --dataset standin`" in results.readme_section(tmp_path)
 
 
 def test_update_readme_rewrites_only_the_generated_part(tmp_path):
