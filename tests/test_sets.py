@@ -10,6 +10,7 @@ import torch
 
 from kdteach import sets as S
 from kdteach.sets import calibration_split
+from kdteach.sets.anytime import _avcs_log_ratios, _gamma_draws
 
 
 def synthetic_logits(n: int, classes: int = 6, exits: int = 4, *, seed: int = 0, scale: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,13 +196,13 @@ def test_fit_avcs_thresholds_picks_the_largest_candidate_whose_survivors_reach_t
     fit = S.fit_avcs_thresholds(logits, labels, alpha, start=start, step=step, seed=4, draws=1)
     needed = math.ceil(61 * (1 - alpha))
     # the same Gamma draws for every candidate: sample once at the smallest support, as the fit does
-    gamma = S._gamma_draws(logits.double(), logits.double() >= start, 1, torch.Generator().manual_seed(4))
+    gamma = _gamma_draws(logits.double(), logits.double() >= start, 1, torch.Generator().manual_seed(4))
     alive = torch.ones(60, dtype=torch.bool)
     best = None
     for j in range(40):
         tau = start + step * j
         support = logits.double() >= tau
-        inside = S._avcs_log_ratios(logits.double(), support, gamma)[0] <= math.log(1 / alpha)
+        inside = _avcs_log_ratios(logits.double(), support, gamma)[0] <= math.log(1 / alpha)
         alive &= inside.all(dim=0)[torch.arange(60), labels]
         if int(alive.sum()) >= needed:
             best = tau
