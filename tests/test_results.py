@@ -1,5 +1,6 @@
 """Reference results: read back from results/, one provenance line, and the README generated from them."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +70,12 @@ def test_show_findings_prints_the_stored_sentences(tmp_path, monkeypatch, capsys
     assert "3 seeds" in out and "- ECE ranges from 1% to 9%" in out and "clearly" not in out
     results.show_findings("absent")
     assert "none committed" in capsys.readouterr().out
+
+
+def test_results_dir_prefers_the_checkout_then_the_installed_copy(tmp_path, monkeypatch):
+    assert results.results_dir() == runtime.checkout_root() / "results"
+    # Outside a clone (site-packages holds no pyproject.toml), the copy installed inside the package is read.
+    monkeypatch.setattr(runtime, "checkout_root", lambda: tmp_path)
+    (tmp_path / "results").mkdir()
+    installed = results.results_dir()
+    assert installed.name == results.INSTALLED_FOLDER and installed.parent == Path(results.__file__).parent

@@ -1,0 +1,140 @@
+"""The installed package carries the reference results: a wheel built from the checkout, installed into a folder
+of its own and imported from an empty folder (the checkout invisible), shows the committed tables and findings.
+
+This is what a pip or Colab install sees. The wheel is built from a copy of the checkout's package files, so the
+build writes nothing into the working tree, and installed with --no-deps (torch and the rest come from the running
+environment; nothing is downloaded).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from kdteach import runtime
+from kdteach.report import markdown_table
+
+ROOT = runtime.checkout_root()
+RESULTS = ROOT / "results"
+# The files a wheel is built from; everything else in the checkout (notebooks, tests, caches) stays out.
+BUILD_INPUTS = ("kdteach", "results", "setup.py", "pyproject.toml", "README.md")
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def committed(pattern: str) -> set[str]:
+    """results/ files matching pattern, as paths relative to results/ (listed from the checkout, not the wheel)."""
+    return {p.relative_to(RESULTS).as_posix() for p in RESULTS.glob(pattern)}
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wheel of kdteach built from a copy of the checkout."""
+    source = tmp_path_factory.mktemp("source")
+    for name in BUILD_INPUTS:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(src, source / name)
+    out = tmp_path_factory.mktemp("wheel")
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                            "-q", "-w", str(out), str(source)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    (found,) = out.glob("kdteach-*.whl")
+    return found
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel installed into a folder of its own (pip install --target), as a fresh environment would hold it."""
+    target = tmp_path_factory.mktemp("site")
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target",
+                              str(target), str(wheel)], capture_output=True, text=True)
+    assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
+    return target
+
+
+def isolated_env(site: Path) -> dict[str, str]:
+    """The environment of a process that sees the installed copy and not the checkout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KDTEACH_")}
+    env.update(PYTHONPATH=str(site), KDTEACH_SMOKE="1", KDTEACH_CACHE=str(site.parent / "cache"), MPLBACKEND="Agg")
+    return env
+
+
+def test_the_wheel_carries_every_committed_result(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    packed = {n.removeprefix("kdteach/_references/") for n in names if n.startswith("kdteach/_references/")}
+    for pattern in ("*/*.json", "*/*.md", "*/*.png"):
+        expected = committed(pattern)
+        assert expected, f"no results/{pattern} in the checkout"
+        assert expected <= packed, f"missing from the wheel: {sorted(expected - packed)[:5]}"
+    assert "kdteach/results.py" in names and "kdteach/experiments/hinton.py" in names
+
+
+def test_an_installed_copy_shows_the_committed_reference_from_an_empty_folder(installed: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    script = ("import kdteach as kd\n"
+              "print('FILE', kd.__file__)\n"
+              "print('DIR', kd.results.results_dir())\n"
+              "kd.results.show_reference('spurious')\n"
+              "kd.results.show_findings('spurious')\n")
+    run = subprocess.run([sys.executable, "-c", script], cwd=empty, env=isolated_env(installed),
+                         capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout
+    # Imported from the installed copy, reading its own results, not the checkout's.
+    assert f"FILE {installed / 'kdteach' / '__init__.py'}" in out
+    assert f"DIR {installed / 'kdteach' / '_references'}" in out
+    assert "none committed" not in out
+    spurious = json.loads((RESULTS / "spurious" / "spurious.json").read_text(encoding="utf-8"))
+    assert markdown_table(spurious["rows"]) in out
+    assert f"commit {spurious['meta']['commit']}" in out
+    for line in spurious["meta"]["findings"]:
+        assert f"- {line}" in out
+
+
+def reference_cells(notebook: dict) -> list[str]:
+    """The sources of a notebook's code cells that only show references (comments and kd.results calls)."""
+    cells = []
+    for cell in notebook["cells"]:
+        source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        lines = [line for line in source.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        if cell["cell_type"] == "code" and lines and all(line.startswith("kd.results.") for line in lines):
+            cells.append(source)
+    return cells
+
+
+def test_a_notebook_copied_alone_shows_the_references_of_the_installed_copy(installed: Path, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Notebook 02 copied to an empty folder; its reference cells run in a kernel that sees only the installed copy."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    copy = alone / "02_spurious_correlations.ipynb"
+    shutil.copy(ROOT / "notebooks" / copy.name, copy)
+    sources = reference_cells(json.loads(copy.read_text(encoding="utf-8")))
+    assert sources, "notebook 02 has no cell that only shows references"
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import kdteach as kd\nprint('FILE', kd.__file__)")]
+                                        + [nbformat.v4.new_code_cell(s) for s in sources])
+    for key in [k for k in os.environ if k.startswith("KDTEACH_")]:
+        monkeypatch.delenv(key)
+    for key, value in isolated_env(installed).items():
+        monkeypatch.setenv(key, value)
+    nbclient.NotebookClient(notebook, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(alone)}}).execute()
+    outputs = ["".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream") for cell in notebook.cells]
+    assert f"FILE {installed / 'kdteach' / '__init__.py'}" in outputs[0]
+    spurious = json.loads((RESULTS / "spurious" / "spurious.json").read_text(encoding="utf-8"))
+    shown = "\n".join(outputs[1:])
+    assert "none committed" not in shown
+    if any("show_reference" in s for s in sources):
+        assert markdown_table(spurious["rows"]) in shown
