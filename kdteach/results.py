@@ -5,7 +5,9 @@ Every notebook shows the reader's own run and, beside it, the reference result w
 same files (`python -m kdteach.results`), and a test fails when the two differ.
 
 The files live in the repository's results/ folder and ship inside the installed package as `kdteach/_references/`
-(setup.py maps that package folder onto results/), so a pip or Colab install shows the same references as a clone.
+(setup.py maps that package folder onto results/), so a pip or Colab install shows the same references as a
+clone. Every file is read as UTF-8 and checked field by field: a damaged file is an error that names it and the
+field, never a table printed one character per row.
 """
 from __future__ import annotations
 
@@ -35,6 +37,21 @@ class Reference:
     markdown: str
 
 
+@dataclass(frozen=True)
+class Table:
+    """One table of an experiment's result folder (the main one or a companion such as hinton_seeds).
+
+    Attributes:
+        title: the heading of its Markdown file (or the file's name when it has none).
+        rows: its rows.
+        path: the JSON file it was read from.
+    """
+
+    title: str
+    rows: list[dict[str, Any]]
+    path: Path
+
+
 def results_dir() -> Path:
     """The folder the reference results are read from.
 
@@ -46,6 +63,71 @@ def results_dir() -> Path:
     if (root / "pyproject.toml").exists() and (root / "results").is_dir():
         return root / "results"
     return Path(str(importlib.resources.files("kdteach").joinpath(INSTALLED_FOLDER)))
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", type(None): "null", bool: "a boolean"}.get(
+        type(value), "a number" if isinstance(value, (int, float)) else type(value).__name__)
+
+
+def read_result_file(path: Path) -> dict[str, Any]:
+    """Reads one result JSON file as UTF-8 and checks the fields the course reads.
+
+    Args:
+        path: a results/<name>/<file>.json.
+
+    Returns:
+        Its content: a dict with "meta" (a dict), "rows" (a list of dicts) and "result" (a dict or None), each
+        filled with its empty value when absent.
+
+    Raises:
+        ValueError: naming the file (and the field) when it is not UTF-8, not JSON, or a field has the wrong type:
+            "meta", "rows" and "result" and, inside "meta", "findings" (a list of sentences), "seeds" (a list),
+            "title" (a string) and "wall_seconds" (a number).
+    """
+    fix = "restore it from the repository (git checkout -- results/) or rerun its experiment"
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"reference result {path} is not UTF-8 text (byte {error.start}: {error.reason}); "
+                         f"results files are written as UTF-8: {fix}") from None
+    try:
+        payload = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"reference result {path} is not valid JSON ({error}): {fix}") from None
+
+    def refuse(field: str, expected: str, value: Any) -> ValueError:
+        return ValueError(f"reference result {path}: field {field!r} must be {expected}, got {_type_name(value)} "
+                          f"({str(value)[:60]!r}): {fix}")
+
+    if not isinstance(payload, dict):
+        raise refuse("(top level)", "an object with 'meta' and 'rows'", payload)
+    meta, rows, result = payload.get("meta", {}), payload.get("rows", []), payload.get("result")
+    if not isinstance(meta, dict):
+        raise refuse("meta", "an object", meta)
+    if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+        raise refuse("rows", "a list of objects (one per table row)", rows)
+    if result is not None and not isinstance(result, dict):
+        raise refuse("result", "an object or null", result)
+    findings = meta.get("findings", [])
+    if not isinstance(findings, list) or not all(isinstance(line, str) for line in findings):
+        raise refuse("meta.findings", "a list of sentences (strings)", findings)
+    if not isinstance(meta.get("seeds", []), list):
+        raise refuse("meta.seeds", "a list of seeds", meta["seeds"])
+    if "title" in meta and not isinstance(meta["title"], str):
+        raise refuse("meta.title", "a string", meta["title"])
+    wall = meta.get("wall_seconds", 0.0)
+    if isinstance(wall, bool) or not isinstance(wall, (int, float)):
+        raise refuse("meta.wall_seconds", "a number of seconds", wall)
+    return {"meta": meta, "rows": rows, "result": result}
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"reference table {path} is not UTF-8 text (byte {error.start}: {error.reason}); "
+                         "restore it from the repository (git checkout -- results/)") from None
 
 
 def provenance_line(meta: dict[str, Any]) -> str:
@@ -73,17 +155,43 @@ def load_reference(name: str, *, folder: Path | None = None) -> Reference | None
 
     Returns:
         A Reference, or None.
+
+    Raises:
+        ValueError: naming the file and the field when the file is damaged (see read_result_file).
     """
     path = (folder or results_dir()) / name / f"{name}.json"
     if not path.exists():
         return None
-    try:
-        payload = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"reference result {path} is not valid JSON ({error}); restore it with git checkout") from None
+    payload = read_result_file(path)
     md_path = path.with_suffix(".md")
-    return Reference(name, payload.get("meta", {}), payload.get("rows", []), payload.get("result"),
-                     md_path.read_text() if md_path.exists() else "")
+    return Reference(name, payload["meta"], payload["rows"], payload["result"],
+                     _read_text(md_path) if md_path.exists() else "")
+
+
+def reference_tables(name: str, *, folder: Path | None = None) -> list[Table]:
+    """Every table of an experiment's result folder: its main table first, then the companions by file name.
+
+    Args:
+        name: the experiment.
+        folder: the results folder (default: results_dir()).
+
+    Returns:
+        The tables (empty when the experiment has no committed result).
+    """
+    where = (folder or results_dir()) / name
+    if not (where / f"{name}.json").exists():
+        return []
+    tables = []
+    for path in sorted(where.glob("*.json"), key=lambda p: (p.stem != name, p.name)):
+        md = path.with_suffix(".md")
+        heading = next((line[2:].strip() for line in _read_text(md).splitlines() if line.startswith("# ")), "") if md.exists() else ""
+        tables.append(Table(heading or path.stem, read_result_file(path)["rows"], path))
+    return tables
+
+
+def _none_committed(name: str, what: str) -> str:
+    return (f"Reference {what}: none committed for {name!r} (looked in {results_dir()}; the known ones are "
+            f"{', '.join(result_names()) or 'none'}).")
 
 
 def show_reference(name: str) -> None:
@@ -96,28 +204,49 @@ def show_reference(name: str) -> None:
 
     ref = load_reference(name)
     if ref is None:
-        print(f"Reference result: none committed for {name!r} (looked in {results_dir()}).")
+        print(_none_committed(name, "result"))
         return
     print(f"Reference result ({provenance_line(ref.meta)}):")
     print(markdown_table(ref.rows))
 
 
 def show_findings(name: str, *, containing: str | None = None) -> None:
-    """Prints the findings of an experiment's reference result (the report module's sentences, stored with it).
+    """Prints every finding of an experiment's reference result (the report module's sentences, stored with it).
 
     Notebooks call this instead of typing the reference numbers into their prose, so the text can never go stale.
+    A result that stores no sentences (notebook 01's) gets its measured tables printed instead, so the call never
+    ends in "nothing recorded".
 
     Args:
         name: the experiment.
-        containing: print only the sentences with this text (e.g. "balanced accuracy" for the probes).
+        containing: group the findings: those with this text (e.g. "waterbirds_like") come first under their own
+            heading, then all the others; none is left out.
     """
+    from kdteach.report import markdown_table
+
     ref = load_reference(name)
     if ref is None:
-        print(f"Reference findings: none committed for {name!r} (looked in {results_dir()}).")
+        print(_none_committed(name, "findings"))
         return
-    lines = [line for line in ref.meta.get("findings", []) if containing is None or containing in line]
+    findings = ref.meta.get("findings", [])
     print(f"Reference findings ({provenance_line(ref.meta)}):")
-    print("\n".join(f"- {line}" for line in lines) if lines else "(none recorded)")
+    if not findings:
+        others = reference_tables(name)[1:]
+        print(f"results/{name}/ stores no finding sentences: its measured numbers are its tables, the main one "
+              f"(kd.results.show_reference({name!r}))" + (" and these:" if others else "."))
+        for table in others:
+            print(f"\n{table.title} ({table.path.name}):\n{markdown_table(table.rows)}")
+        return
+    if containing is None:
+        print("\n".join(f"- {line}" for line in findings))
+        return
+    first = [line for line in findings if containing in line]
+    rest = [line for line in findings if containing not in line]
+    print(f"On {containing!r} ({len(first)} of {len(findings)}):")
+    print("\n".join(f"- {line}" for line in first) if first else f"(no finding mentions {containing!r})")
+    if rest:
+        print(f"The other {len(rest)}:")
+        print("\n".join(f"- {line}" for line in rest))
 
 
 def result_names(folder: Path | None = None) -> list[str]:

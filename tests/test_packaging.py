@@ -86,7 +86,8 @@ def test_an_installed_copy_shows_the_committed_reference_from_an_empty_folder(in
               "print('FILE', kd.__file__)\n"
               "print('DIR', kd.results.results_dir())\n"
               "kd.results.show_reference('spurious')\n"
-              "kd.results.show_findings('spurious')\n")
+              "kd.results.show_findings('spurious')\n"
+              "kd.results.show_findings('hinton')\n")
     run = subprocess.run([sys.executable, "-c", script], cwd=empty, env=isolated_env(installed),
                          capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -100,6 +101,9 @@ def test_an_installed_copy_shows_the_committed_reference_from_an_empty_folder(in
     assert f"commit {spurious['meta']['commit']}" in out
     for line in spurious["meta"]["findings"]:
         assert f"- {line}" in out
+    # hinton stores no sentences: its companion tables are printed instead.
+    seeds = json.loads((RESULTS / "hinton" / "hinton_seeds.json").read_text(encoding="utf-8"))
+    assert markdown_table(seeds["rows"]) in out
 
 
 def reference_cells(notebook: dict) -> list[str]:
@@ -138,3 +142,6 @@ def test_a_notebook_copied_alone_shows_the_references_of_the_installed_copy(inst
     assert "none committed" not in shown
     if any("show_reference" in s for s in sources):
         assert markdown_table(spurious["rows"]) in shown
+    if any("show_findings" in s for s in sources):
+        for line in spurious["meta"]["findings"]:
+            assert f"- {line}" in shown

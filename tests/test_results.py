@@ -1,5 +1,6 @@
 """Reference results: read back from results/, one provenance line, and the README generated from them."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -62,14 +63,48 @@ def test_the_readme_matches_the_committed_results():
     assert results.readme_section() in readme, "README.md is stale: run `python -m kdteach.results`"
 
 
-def test_show_findings_prints_the_stored_sentences(tmp_path, monkeypatch, capsys):
-    _write(tmp_path, "exits", {"seeds": [0, 1, 2], "findings": ["exit 3 is clearly higher", "ECE ranges from 1% to 9%"]}, [])
+def test_show_findings_prints_every_sentence_and_groups_by_containing(tmp_path, monkeypatch, capsys):
+    findings = ["exit 3 is clearly higher", "ECE ranges from 1% to 9%", "the policy saves compute", "ECE of exit 1 is 9%"]
+    _write(tmp_path, "exits", {"seeds": [0, 1, 2], "findings": findings}, [])
     monkeypatch.setattr(results, "results_dir", lambda: tmp_path)
+    results.show_findings("exits")
+    out = capsys.readouterr().out
+    assert "3 seeds" in out and all(f"- {line}" in out for line in findings)
+    # containing= groups, it does not filter: the two ECE sentences first, then the other two, none left out.
     results.show_findings("exits", containing="ECE")
     out = capsys.readouterr().out
-    assert "3 seeds" in out and "- ECE ranges from 1% to 9%" in out and "clearly" not in out
+    assert all(f"- {line}" in out for line in findings)
+    assert "On 'ECE' (2 of 4):" in out and "The other 2:" in out
+    assert out.index("- ECE of exit 1 is 9%") < out.index("The other 2:") < out.index("- exit 3 is clearly higher")
+    results.show_findings("exits", containing="nothing like this")
+    out = capsys.readouterr().out
+    assert "(no finding mentions 'nothing like this')" in out and all(f"- {line}" in out for line in findings)
     results.show_findings("absent")
-    assert "none committed" in capsys.readouterr().out
+    assert "none committed for 'absent'" in capsys.readouterr().out
+
+
+def test_a_result_without_sentences_shows_its_tables_instead(tmp_path, monkeypatch, capsys):
+    _write(tmp_path, "hinton", {"seeds": [0]}, [{"model": "teacher", "test errors": 76}])
+    (tmp_path / "hinton" / "hinton_seeds.json").write_text(json.dumps({"meta": {}, "rows": [{"seed": 0, "distilled": 91}]}))
+    (tmp_path / "hinton" / "hinton_seeds.md").write_text("# The students at several seeds\n\n| seed |\n")
+    monkeypatch.setattr(results, "results_dir", lambda: tmp_path)
+    results.show_findings("hinton", containing="seeds")
+    out = capsys.readouterr().out
+    assert "none recorded" not in out and "stores no finding sentences" in out and "show_reference('hinton')" in out
+    assert "The students at several seeds (hinton_seeds.json):\n| seed | distilled |\n|---|---|\n| 0 | 91 |" in out
+    tables = results.reference_tables("hinton", folder=tmp_path)
+    assert [t.path.name for t in tables] == ["hinton.json", "hinton_seeds.json"] and tables[0].title == "hinton"
+
+
+def test_every_committed_finding_is_shown_by_every_notebook_call(capsys):
+    """The calls the notebooks make (with and without containing=) print all of a result's sentences."""
+    for name in results.result_names():
+        findings = results.load_reference(name).meta.get("findings", [])
+        for containing in (None, " - ", "waterbirds_like"):
+            results.show_findings(name, containing=containing)
+            out = capsys.readouterr().out
+            assert all(f"- {line}" in out for line in findings), (name, containing)
+            assert "none recorded" not in out and "none committed" not in out
 
 
 def test_results_dir_prefers_the_checkout_then_the_installed_copy(tmp_path, monkeypatch):
@@ -79,3 +114,32 @@ def test_results_dir_prefers_the_checkout_then_the_installed_copy(tmp_path, monk
     (tmp_path / "results").mkdir()
     installed = results.results_dir()
     assert installed.name == results.INSTALLED_FOLDER and installed.parent == Path(results.__file__).parent
+
+
+@pytest.mark.parametrize("payload, field, expected", [
+    ({"meta": {"findings": "one sentence"}, "rows": []}, "meta.findings", "a list of sentences (strings), got a string"),
+    ({"meta": {"findings": ["ok", 3]}, "rows": []}, "meta.findings", "a list of sentences"),
+    ({"meta": {}, "rows": {"model": "teacher"}}, "rows", "a list of objects (one per table row), got an object"),
+    ({"meta": {}, "rows": ["teacher"]}, "rows", "a list of objects"),
+    ({"meta": [], "rows": []}, "meta", "an object, got a list"),
+    ({"meta": {}, "rows": [], "result": [1]}, "result", "an object or null, got a list"),
+    ({"meta": {"seeds": 5}, "rows": []}, "meta.seeds", "a list of seeds, got a number"),
+    ({"meta": {"wall_seconds": "84 min"}, "rows": []}, "meta.wall_seconds", "a number of seconds, got a string"),
+    ({"meta": {"title": ["x"]}, "rows": []}, "meta.title", "a string, got a list"),
+    ([1, 2], "(top level)", "an object with 'meta' and 'rows', got a list"),
+])
+def test_a_malformed_field_is_refused_by_name(tmp_path, payload, field, expected):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "x.json").write_text(json.dumps(payload))
+    with pytest.raises(ValueError, match=rf"x\.json: field '{re.escape(field)}' must be {re.escape(expected)}"):
+        results.load_reference("x", folder=tmp_path)
+
+
+def test_a_file_in_another_encoding_is_named(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "x.json").write_bytes('{"meta": {"title": "Größe"}, "rows": []}'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"x\.json is not UTF-8 text \(byte \d+: invalid (start|continuation) byte\)"):
+        results.load_reference("x", folder=tmp_path)
+    # The same content in UTF-8 reads, non-ASCII characters included.
+    (tmp_path / "x" / "x.json").write_text(json.dumps({"meta": {"title": "Größe"}, "rows": []}, ensure_ascii=False), encoding="utf-8")
+    assert results.load_reference("x", folder=tmp_path).meta["title"] == "Größe"
