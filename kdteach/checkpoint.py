@@ -1,8 +1,12 @@
 """Checkpoint files: written atomically, loaded safely, and tied to the run that wrote them.
 
 - `save_atomic` writes to a temporary file in the same folder, then renames it over the old file: a kill during
-  the write leaves the previous checkpoint intact (and a stale `<name>XXXXXXXX.tmp`, which
-  `remove_stale_temporaries` deletes when a run with that checkpoint starts again).
+  the write leaves the previous checkpoint intact (and a stale `<name>.<host>-<pid>.XXXXXXXX.tmp`, which
+  `remove_stale_temporaries` deletes when a run with that checkpoint starts again, once the process that wrote it
+  is gone: a temporary that a live run is writing is never touched).
+- `checkpoint_lock` is the file lock (the `filelock` library, on `<name>.lock` beside the checkpoint) that fit()
+  holds for a whole run with a checkpoint: two runs that share a cache (two notebooks, a notebook and the command
+  line) and ask for the same checkpoint take turns, so one trains and the other then loads the finished file.
 - `load_checkpoint` loads with weights_only=True (tensors and plain containers, no pickled code); a truncated or
   corrupt file raises CheckpointError naming the file and what to do, never torch's zip message alone.
 - `run_signature` describes what decides a run (epochs, data rows, parameter shapes, optimiser, scheduler, loss);
@@ -10,18 +14,30 @@
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import pickle
 import re
+import socket
+import sys
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Collection
+from typing import Any, Callable, Collection, Iterator
 
+import filelock
 import torch
 from torch import nn
 
 # mkstemp's random part: 8 characters from this alphabet (tempfile._RandomNameSequence).
-_TEMPORARY_NAME = r"[a-z0-9_]{8}\.tmp"
+_RANDOM = r"[a-z0-9_]{8}"
+# What save_atomic names a temporary: `<name>.<host>-<pid>.<random>.tmp`, so that remove_stale_temporaries can tell
+# whether the process writing it is still alive. The host is part of the name because a cache on a shared disk
+# can be written from several machines, and a process id means nothing on another machine.
+_TEMPORARY_NAME = r"\.([0-9a-f]{8})-([0-9]+)\." + _RANDOM + r"\.tmp"
+# What kdteach wrote before temporaries carried a process id: `<name><random>.tmp`.
+_OLD_TEMPORARY_NAME = _RANDOM + r"\.tmp"
 # param_group entries that choose an implementation, not the arithmetic of the run.
 _IMPLEMENTATION_FLAGS = {"params", "foreach", "fused", "differentiable", "capturable"}
 _ABSENT = "<absent>"
@@ -50,7 +66,7 @@ def save_atomic(obj: Any, path: str | Path) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.{_host_id()}-{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as f:
             torch.save(obj, f)
@@ -98,10 +114,33 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def _host_id() -> str:
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _process_alive(pid: int) -> bool:
+    # Signal 0 checks that a process exists without touching it (POSIX). On Windows os.kill would terminate the
+    # process, so there every process counts as alive and its temporaries are left alone.
+    if pid == os.getpid():
+        return True
+    if sys.platform == "win32":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, and belongs to another user
+        return True
+    return True
+
+
 def remove_stale_temporaries(path: str | Path) -> list[Path]:
     """Deletes the temporary files save_atomic left beside path when a run was killed during a write.
 
-    Only names save_atomic makes are touched: `<name>` + 8 random characters + `.tmp`, in path's folder.
+    Only names save_atomic makes are touched: `<name>.<host>-<pid>.` + 8 random characters + `.tmp`, in path's
+    folder, and only when the process that made it is gone (same machine, no process with that id). A temporary
+    of a live process, or of another machine sharing the folder, is left alone. Names without a process id
+    (`<name>` + 8 random characters + `.tmp`) come from a kdteach older than this rule and are removed.
 
     Args:
         path: the checkpoint path.
@@ -112,13 +151,56 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
     path = Path(path)
     if not path.parent.is_dir():
         return []
-    pattern = re.compile(re.escape(path.name) + _TEMPORARY_NAME)
+    current = re.compile(re.escape(path.name) + _TEMPORARY_NAME)
+    old = re.compile(re.escape(path.name) + _OLD_TEMPORARY_NAME)
+    host = _host_id()
     removed = []
     for candidate in path.parent.iterdir():
-        if pattern.fullmatch(candidate.name) and candidate.is_file():
+        match = current.fullmatch(candidate.name)
+        if match is not None:
+            stale = match.group(1) == host and not _process_alive(int(match.group(2)))
+        else:
+            stale = old.fullmatch(candidate.name) is not None
+        if stale and candidate.is_file():
             candidate.unlink(missing_ok=True)
             removed.append(candidate)
     return removed
+
+
+@contextlib.contextmanager
+def checkpoint_lock(path: str | Path) -> Iterator[None]:
+    """Holds the file lock of checkpoint path (`<name>.lock` beside it) for the body of a with-statement.
+
+    fit() holds it for a whole run with a checkpoint, so two processes that train the same checkpoint take turns:
+    the second waits (and says so on stderr) until the first has finished, then resumes from or loads the file the
+    first wrote. The lock is the operating system's (flock through the `filelock` library): a killed process
+    releases it, so nothing stale ever blocks a later run. The `.lock` file itself stays, empty, beside the
+    checkpoint. On a file system without locks, filelock's fallback is used where it has one, else the run goes
+    on unlocked with a warning.
+
+    Args:
+        path: the checkpoint path (its folder is created).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(path) + ".lock")
+    try:
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            print(f"kdteach: another run is training {path}; waiting for it to finish (lock {lock.lock_file})",
+                  file=sys.stderr, flush=True)
+            lock.acquire()
+        held = True
+    except NotImplementedError:  # filelock 3.x on a file system without flock (some network mounts)
+        warnings.warn(f"the file system of {path.parent} has no file locks: runs that share this cache and train "
+                      "the same checkpoint at the same time are not kept apart", stacklevel=3)
+        held = False
+    try:
+        yield
+    finally:
+        if held:
+            lock.release()
 
 
 def set_aside(path: str | Path) -> Path:

@@ -18,7 +18,10 @@ What it promises:
 - A checkpoint carries the signature of the run that wrote it (epochs, training rows, batch size, parameter
   shapes, optimiser and scheduler with their hyperparameters, loss); resume refuses one that differs, naming the
   file and the field. A checkpoint that cannot be read is moved to `<name>.corrupt` with a warning and the run
-  starts from scratch; temporary files left by a kill during a write are removed.
+  starts from scratch; temporary files left by a kill during a write are removed (only those whose process is gone).
+- Runs that share a cache are kept apart: fit() holds the checkpoint's file lock (checkpoint.checkpoint_lock) for
+  the whole run, so a second process asking for the same checkpoint waits, then resumes from (or loads) the file
+  the first one finished; no run deletes or overwrites the files of a live one.
 - The NaN rule: after each epoch fit() reads the loss sum and checks that the weights are finite, BEFORE the
   epoch's checkpoint is written. A blow-up raises FloatingPointError naming the last good checkpoint and its
   epoch; the exploded weights never replace it.
@@ -41,6 +44,7 @@ from tqdm.auto import tqdm
 from kdteach.checkpoint import (  # noqa: F401 - save_atomic and load_checkpoint were public here first
     CheckpointError,
     check_signature,
+    checkpoint_lock,
     load_checkpoint,
     remove_stale_temporaries,
     run_signature,
@@ -427,7 +431,8 @@ def fit(
         compile: wrap the model in torch.compile for the training steps.
         max_grad_norm: clip the gradients' total norm to this before each step (None: no clipping; BERT's
             fine-tuning recipe uses 1.0).
-        checkpoint: file to write after every epoch (atomically); None disables checkpoints.
+        checkpoint: file to write after every epoch (atomically); None disables checkpoints. Its lock
+            (`<checkpoint>.lock`) is held for the whole call: another process training the same file waits.
         resume: continue from checkpoint if it exists and was written by this same run (same signature; a
             different run is a ValueError naming the field). A finished run returns at once with its history; an
             unreadable file is moved to `<name>.corrupt` and the run starts from scratch.
@@ -465,41 +470,42 @@ def fit(
                   "train.seed": train.seed, "select": select, "max_grad_norm": max_grad_norm},
         on_epoch_end=on_epoch_end,
     )
-    run = _RunState(History(selected_by=select))
     path = Path(checkpoint) if checkpoint is not None else None
-    if path is not None:
-        remove_stale_temporaries(path)
-        if resume:
-            training = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, stateful=stateful)
-            run = restore_checkpoint(path, signature, device=device, select=select, **training) or run
-
-    epoch_bar = tqdm(range(run.next_epoch, epochs), desc=desc, disable=not progress, initial=run.next_epoch, total=epochs)
-    for epoch in epoch_bar:
-        started = time.perf_counter()
-        model.train()
-        train.set_epoch(epoch)
-        loss_sum, correct, seen = train_one_epoch(
-            model, train, optimizer=optimizer, loss_fn=loss_fn, scheduler=scheduler, scaler=scaler, step_model=step_model,
-            amp=use_amp, channels_last=channels_last, max_grad_norm=max_grad_norm,
-        )
-        row: dict[str, float] = {"epoch": float(epoch), "train_loss": float(loss_sum) / seen}  # the epoch's one read
-        check_epoch_finite(row["train_loss"], model, epoch, path if run.saved_epoch is not None else None, run.saved_epoch)
-        if "y" in train.tensors:
-            row["train_acc"] = float(correct) / seen
-        if on_epoch_end is not None:
-            row.update(on_epoch_end(epoch, model) or {})
-        if val is not None:
-            row.update({f"val_{k}": v for k, v in evaluate(model, val, device=device, amp=amp).items() if k in ("loss", "accuracy")})
-            row["val_acc"] = row.pop("val_accuracy")
-        if metrics is not None:
-            row.update(metrics(model))
-        row["seconds"] = time.perf_counter() - started
-        run.history.epochs.append(row)
-        _keep_if_best(run, row, select, model, epoch)
-        epoch_bar.set_postfix({k: round(v, 4) for k, v in row.items() if k in ("train_loss", "train_acc", "val_acc")})
+    # Held for the whole run: a second process asking for the same checkpoint waits here, then loads the result.
+    with checkpoint_lock(path) if path is not None else contextlib.nullcontext():
+        run = _RunState(History(selected_by=select))
         if path is not None:
-            save_checkpoint(path, run, signature, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
-                            scaler=scaler, stateful=stateful)
+            remove_stale_temporaries(path)
+            if resume:
+                training = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, stateful=stateful)
+                run = restore_checkpoint(path, signature, device=device, select=select, **training) or run
+        epoch_bar = tqdm(range(run.next_epoch, epochs), desc=desc, disable=not progress, initial=run.next_epoch, total=epochs)
+        for epoch in epoch_bar:
+            started = time.perf_counter()
+            model.train()
+            train.set_epoch(epoch)
+            loss_sum, correct, seen = train_one_epoch(
+                model, train, optimizer=optimizer, loss_fn=loss_fn, scheduler=scheduler, scaler=scaler, step_model=step_model,
+                amp=use_amp, channels_last=channels_last, max_grad_norm=max_grad_norm,
+            )
+            row: dict[str, float] = {"epoch": float(epoch), "train_loss": float(loss_sum) / seen}  # the epoch's one read
+            check_epoch_finite(row["train_loss"], model, epoch, path if run.saved_epoch is not None else None, run.saved_epoch)
+            if "y" in train.tensors:
+                row["train_acc"] = float(correct) / seen
+            if on_epoch_end is not None:
+                row.update(on_epoch_end(epoch, model) or {})
+            if val is not None:
+                row.update({f"val_{k}": v for k, v in evaluate(model, val, device=device, amp=amp).items() if k in ("loss", "accuracy")})
+                row["val_acc"] = row.pop("val_accuracy")
+            if metrics is not None:
+                row.update(metrics(model))
+            row["seconds"] = time.perf_counter() - started
+            run.history.epochs.append(row)
+            _keep_if_best(run, row, select, model, epoch)
+            epoch_bar.set_postfix({k: round(v, 4) for k, v in row.items() if k in ("train_loss", "train_acc", "val_acc")})
+            if path is not None:
+                save_checkpoint(path, run, signature, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
+                                scaler=scaler, stateful=stateful)
 
     if select is not None and run.best_state is not None:
         model.load_state_dict(run.best_state)
