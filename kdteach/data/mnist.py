@@ -5,15 +5,20 @@ The four files are torchvision's uncompressed IDX files in MNIST/raw/. An IDX fi
 (a magic number, then one 4-byte count per dimension), so a truncated or padded file is caught by comparing the
 file's size with the size its header declares; a file with the full 60,000 or 10,000 records is also compared with
 the canonical file's MD5. A bad file is an error that names it, never a silent switch to the stand-in.
+
+Where MNIST is not on the machine, it is downloaded through torchvision (which checks each download's MD5) into
+runtime.data_dir(), in full mode and where there is internet; scikit-learn's 8x8 digits stand in only where it cannot
+be had (offline, or in smoke mode, which never downloads), and the switch is said once, in one sentence.
 """
 from __future__ import annotations
 
 import hashlib
+import socket
 import struct
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -31,6 +36,8 @@ _IDX_FORMAT = {
     "t10k-images-idx3-ubyte": (2051, 28 * 28, 10_000, "2646ac647ad5339dbf082846283269ea"),
     "t10k-labels-idx1-ubyte": (2049, 1, 10_000, "27ae3e4e09519cfbb04c329615203637"),
 }
+# The four .gz files torchvision downloads (train images 9.9 MB, the rest 1.7 MB), for the message before a download.
+DOWNLOAD_MB = 11.6
 _FIX = "delete it and download again (load_mnist(..., download=True), or copy it from a machine that has MNIST)"
 
 
@@ -163,41 +170,105 @@ def load_digits_standin(split: str = "train") -> tuple[torch.Tensor, torch.Tenso
     return images[rows], labels[rows]
 
 
-def load_mnist_or_standin(split: str = "train", *, download: bool = False, verbose: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """MNIST when it can be found (or downloaded); scikit-learn's digits only when MNIST's files are absent, saying so.
+def internet_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether torchvision's first MNIST mirror answers a TCP connection (no data is fetched).
+
+    Args:
+        timeout_s: how long to wait for the connection.
+
+    Returns:
+        True when the mirror's host accepts a connection on its port.
+    """
+    from torchvision.datasets import MNIST
+
+    url = urlparse(MNIST.mirrors[0])
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout_s):
+            return True
+    except OSError:  # no route, refused, DNS failure, timeout: offline
+        return False
+
+
+def download_mnist(folder: Path) -> None:
+    """Downloads MNIST's four files into folder/MNIST/raw through torchvision, which checks each file's MD5.
+
+    Args:
+        folder: the data folder (created if missing).
+    """
+    from torchvision.datasets import MNIST
+
+    folder.mkdir(parents=True, exist_ok=True)
+    MNIST(str(folder), train=True, download=True)  # downloads all four files, each checked against its MD5
+
+
+# The stand-in sentences said in this process: each is said once, however many splits and notebooks load data.
+_ANNOUNCED: set[str] = set()
+
+
+def _announce_once(sentence: str) -> None:
+    if sentence not in _ANNOUNCED:
+        _ANNOUNCED.add(sentence)
+        print(sentence)
+
+
+def standin_reason(download: bool | None = None) -> str | None:
+    """Makes MNIST available if it can be, and says why the stand-in must be used otherwise.
+
+    MNIST's files are looked for first (runtime.data_search_path()). Absent, they are downloaded into
+    runtime.data_dir() when downloading is allowed (download=True, or download=None outside smoke mode: no smoke
+    run and no test downloads anything) and torchvision's mirror can be reached.
+
+    Args:
+        download: True to download when absent, False never to, None for the default (download in full mode).
+
+    Returns:
+        None when MNIST's files are now on the machine; else the reason for the stand-in, as the end of a sentence.
+
+    Raises:
+        ValueError: from find_mnist_root, when a folder holds only some of MNIST's files.
+    """
+    if find_mnist_root() is not None:
+        return None
+    if download is None:
+        download = runtime.mode() != "smoke"
+        if not download:
+            return "smoke mode never downloads (full mode downloads it where there is internet)"
+    if not download:
+        return "downloading was turned off (download=False)"
+    if not internet_reachable():
+        return "this machine cannot reach the internet to download it"
+    folder = runtime.data_dir()
+    print(f"kdteach: downloading MNIST (about {DOWNLOAD_MB:.0f} MB, checked against its MD5s by torchvision) into {folder}")
+    try:
+        download_mnist(folder)
+    except (RuntimeError, OSError) as error:  # torchvision's failed download or checksum, a dropped connection
+        return f"its download failed ({error})"
+    return None if find_mnist_root() is not None else f"its download left no MNIST files in {folder / 'MNIST' / 'raw'}"
+
+
+def load_mnist_or_standin(split: str = "train", *, download: bool | None = None, verbose: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST, downloaded first where it is absent and can be; scikit-learn's digits only where it cannot, said once.
 
     A present but bad MNIST file (truncated, corrupt, one of the four missing) raises the ValueError of
     load_mnist / find_mnist_root that names it: the stand-in would change every number without a word.
 
     Args:
         split: "train" or "test".
-        download: try to download MNIST when it is not found.
-        verbose: print which data is used (the switch to the stand-in is a warning when verbose is False).
+        download: True to download MNIST when absent, False never to, None (default): download in full mode only.
+        verbose: print which data is used (the switch to the stand-in is said once per process even when False).
 
     Returns:
         images (N, 1, 28, 28) uint8 and labels (N,) int64.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    reason = None
-    if find_mnist_root() is not None:
-        images, labels = load_mnist(split)
-    elif not download:
-        searched = ", ".join(str(p) for p in runtime.data_search_path()) or str(runtime.data_dir())
-        reason = f"MNIST's files are not in {searched} (nor in their MNIST/raw/)"
-    else:
-        try:
-            images, labels = load_mnist(split, download=True)
-        except (RuntimeError, OSError) as error:  # torchvision's failed download, no network
-            reason = f"MNIST could not be downloaded ({error})"
+    reason = standin_reason(download)
     if reason is None:
+        images, labels = load_mnist(split)
         source = "MNIST"
     else:
-        message = f"kdteach: {reason}; using scikit-learn's 8x8 digits upsampled to 28x28 instead (a stand-in)."
-        if verbose:
-            print(message)
-        else:
-            warnings.warn(message, stacklevel=2)
+        _announce_once(f"kdteach: MNIST is not on this machine and {reason}, so scikit-learn's 1,797 8x8 digits "
+                       "(upsampled to 28x28) stand in for it, and the numbers are not comparable with the MNIST references.")
         images, labels = load_digits_standin(split)
         source = "sklearn digits (stand-in)"
     if verbose:
@@ -243,21 +314,23 @@ def _fixed_subset(x: torch.Tensor, y: torch.Tensor, size: int | None) -> tuple[t
 
 
 def load_digit_splits(train_size: int | None, test_size: int | None, device: torch.device | str = "cpu", *,
-                      verbose: bool = True) -> DigitSplits:
-    """MNIST (or scikit-learn's digits stand-in when MNIST is absent), cut to a fixed random subset, on device.
+                      verbose: bool = True, download: bool | None = None) -> DigitSplits:
+    """MNIST (or scikit-learn's digits stand-in where MNIST cannot be had), cut to a fixed random subset, on device.
 
     Args:
         train_size, test_size: digits kept of each split (None: all).
         device: where the tensors go (they stay there for the whole notebook).
-        verbose: say which data is used.
+        verbose: say which data is used, in one line.
+        download: see load_mnist_or_standin (None: download MNIST in full mode where it is absent).
 
     Returns:
         DigitSplits.
     """
-    train_x, train_y = load_mnist_or_standin("train", verbose=verbose)
+    train_x, train_y = load_mnist_or_standin("train", download=download, verbose=False)
     source = "MNIST" if len(train_y) == 60_000 else "sklearn digits stand-in"
     train_x, train_y = _fixed_subset(train_x, train_y, train_size)
-    test_x, test_y = _fixed_subset(*load_mnist_or_standin("test", verbose=verbose), test_size)
-    if verbose and (train_size or test_size):
-        print(f"kdteach: using a subset: {len(train_y)} training and {len(test_y)} test digits")
+    test_x, test_y = _fixed_subset(*load_mnist_or_standin("test", download=download, verbose=False), test_size)
+    if verbose:
+        subset = " (a fixed subset)" if train_size or test_size else ""
+        print(f"kdteach: data: {source}, {len(train_y)} training and {len(test_y)} test digits{subset}")
     return DigitSplits(to_float(train_x).to(device), train_y.to(device), to_float(test_x).to(device), test_y.to(device), source)
