@@ -10,5 +10,6 @@ from setuptools import find_packages, setup
 setup(
     packages=find_packages(include=["kdteach", "kdteach.*"]) + ["kdteach._references"],
     package_dir={"kdteach._references": "results"},
-    package_data={"kdteach._references": ["*.md", "*/*.json", "*/*.md", "*/*.png"]},
+    # kdteach's own data files (paper_claims.json) too: without a MANIFEST they would be left out of the wheel.
+    package_data={"kdteach": ["*.json"], "kdteach._references": ["*.md", "*/*.json", "*/*.md", "*/*.png"]},
 )
