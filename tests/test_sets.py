@@ -341,6 +341,32 @@ def test_metrics_on_a_hand_made_example():
     assert m.returning == 1.0  # at exit 2, example 0 gains label 2, example 1 labels 0 and 2, example 2 (empty before) label 2
 
 
+@pytest.mark.parametrize("exits", [None, 3])
+def test_metrics_of_zero_examples_are_refused_by_name_not_nan(exits):
+    # Issue 22: coverage, group-conditional coverage and the other per-example means used to return NaN here.
+    shape = (0, 4) if exits is None else (exits, 0, 4)
+    sets, labels, groups = torch.zeros(shape, dtype=torch.bool), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+    for metric in (lambda: S.coverage(sets, labels), lambda: S.group_conditional_coverage(sets, labels, groups, 2),
+                   lambda: S.class_conditional_coverage(sets, labels), lambda: S.mean_size(sets), lambda: S.empty_rate(sets)):
+        with pytest.raises(ValueError, match=r"^sets is empty \(0 rows\)"):
+            metric()
+
+
+def test_set_metrics_of_an_empty_group_names_the_group():
+    # Issue 22: one group's rows of an evaluation split where the group has none used to fail in torch's min().
+    sets = torch.ones(3, 5, 4, dtype=torch.bool)
+    labels, groups = torch.tensor([0, 1, 2, 3, 0]), torch.tensor([0, 0, 1, 1, 0])
+    mine = groups == 2
+    with pytest.raises(ValueError, match=r"^sets of group 'waterbird on land' is empty"):
+        S.set_metrics(sets[:, mine], labels[mine], group="waterbird on land")
+    with pytest.raises(ValueError, match=r"^sets is empty"):
+        S.set_metrics(sets[:, mine], labels[mine])
+    # a group with examples still gets its metrics, the same with or without its name
+    kept = groups == 1
+    assert S.set_metrics(sets[:, kept], labels[kept], group="b") == S.set_metrics(sets[:, kept], labels[kept])
+    assert S.set_metrics(sets[:, kept], labels[kept]).coverage == (1.0, 1.0, 1.0)
+
+
 def test_summarize_splits_matches_numpy():
     rng = np.random.default_rng(0)
     metrics = [S.SetMetrics(tuple(rng.random(3)), tuple(rng.random(3)), (0.0,) * 3, (1.0,) * 3, tuple(rng.random(3)), 0.1, 0.5) for _ in range(7)]

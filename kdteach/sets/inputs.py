@@ -9,7 +9,7 @@ import torch
 
 from kdteach.checks import check_finite, check_not_empty, check_tensor
 
-__all__ = ["check_probs", "check_sets", "per_exit", "as_floats"]
+__all__ = ["check_probs", "check_sets", "check_set_examples", "per_exit", "as_floats"]
 
 
 def check_probs(name: str, probs: torch.Tensor) -> None:
@@ -34,6 +34,18 @@ def check_sets(name: str, sets: torch.Tensor) -> None:
     if not isinstance(sets, torch.Tensor) or sets.dtype != torch.bool or sets.dim() not in (2, 3):
         what = f"{sets.dtype} {tuple(sets.shape)}" if isinstance(sets, torch.Tensor) else type(sets).__name__
         raise ValueError(f"{name} must be a bool tensor of shape (N, C) or (exits, N, C), got {what}")
+
+
+def check_set_examples(name: str, sets: torch.Tensor) -> None:
+    """Refuses what check_sets refuses, and sets of no example (N = 0): a coverage, size or rate over zero
+    examples is undefined, and returning NaN for it would let an empty group pass for a measured one.
+
+    Args:
+        name: the argument's name (or what the sets are of, e.g. a group), for the error.
+        sets: the value to check.
+    """
+    check_sets(name, sets)
+    check_not_empty(name, sets, dim=-2)
 
 
 def per_exit(name: str, values: torch.Tensor | float | Sequence[float], exits: int, like: torch.Tensor) -> torch.Tensor:

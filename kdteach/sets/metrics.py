@@ -2,7 +2,10 @@
 and returning labels; SetMetrics for one split and MethodSummary over many.
 
 Conventions: an empty set is an abstention: it counts as size 0 in mean_size (and is counted apart by empty_rate),
-and N(t) = |C_1 ∩ ... ∩ C_t| / |C_t| is taken as 1 when C_t is empty (nothing came back).
+and N(t) = |C_1 ∩ ... ∩ C_t| / |C_t| is taken as 1 when C_t is empty (nothing came back). Sets of no example are
+refused with a ValueError naming the argument (or the group, in set_metrics): a metric over zero examples is
+undefined, and a NaN would pass for a measurement. Within group_conditional_coverage, a group without examples among
+others is NaN, as documented there.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import torch
 
 from kdteach.checks import check_alpha, check_int, check_labels
 from kdteach.sets.conformal import running_intersection
-from kdteach.sets.inputs import as_floats, check_sets
+from kdteach.sets.inputs import as_floats, check_set_examples, check_sets
 
 __all__ = [
     "coverage",
@@ -42,7 +45,7 @@ def coverage(sets: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     Returns:
         A scalar, or (exits,): float64.
     """
-    check_sets("sets", sets)
+    check_set_examples("sets", sets)
     check_labels("labels", labels, sets.shape[-2], sets.shape[-1])
     index = labels.to(sets.device).expand(sets.shape[:-1]).unsqueeze(-1)
     return sets.gather(-1, index).squeeze(-1).double().mean(dim=-1)
@@ -57,7 +60,7 @@ def mean_size(sets: torch.Tensor) -> torch.Tensor:
     Returns:
         A scalar, or (exits,).
     """
-    check_sets("sets", sets)
+    check_set_examples("sets", sets)
     return sets.double().sum(dim=-1).mean(dim=-1)
 
 
@@ -70,7 +73,7 @@ def empty_rate(sets: torch.Tensor) -> torch.Tensor:
     Returns:
         A scalar, or (exits,).
     """
-    check_sets("sets", sets)
+    check_set_examples("sets", sets)
     return (~sets.any(dim=-1)).double().mean(dim=-1)
 
 
@@ -103,7 +106,7 @@ def group_conditional_coverage(sets: torch.Tensor, labels: torch.Tensor, groups:
     Returns:
         (num_groups,) or (exits, num_groups) float64.
     """
-    check_sets("sets", sets)
+    check_set_examples("sets", sets)
     check_labels("labels", labels, sets.shape[-2], sets.shape[-1])
     num_groups = check_int("num_groups", num_groups, minimum=1)
     check_labels("groups", groups, sets.shape[-2], num_groups)
@@ -125,7 +128,7 @@ def nestedness(sets: torch.Tensor) -> torch.Tensor:
     Returns:
         (exits,) float64.
     """
-    check_sets("sets", sets)
+    check_set_examples("sets", sets)
     if sets.dim() != 3:
         raise ValueError(f"sets must have shape (exits, N, C), got {tuple(sets.shape)}")
     size = sets.double().sum(dim=-1)
@@ -172,16 +175,19 @@ class SetMetrics:
     worst_class_coverage: float = math.nan
 
 
-def set_metrics(sets: torch.Tensor, labels: torch.Tensor) -> SetMetrics:
+def set_metrics(sets: torch.Tensor, labels: torch.Tensor, *, group: str | None = None) -> SetMetrics:
     """Every metric of a family of classification sets.
 
     Args:
-        sets: (exits, N, C) bool.
+        sets: (exits, N, C) bool, N >= 1.
         labels: (N,) labels.
+        group: the group these examples are (when the sets are one group's rows), named in the error if it has no
+            example.
 
     Returns:
         SetMetrics.
     """
+    check_set_examples("sets" if group is None else f"sets of group {group!r}", sets)
     per_class = class_conditional_coverage(sets[-1], labels)
     return SetMetrics(
         as_floats(coverage(sets, labels)), as_floats(mean_size(sets)), as_floats(empty_rate(sets)), as_floats(nestedness(sets)),
