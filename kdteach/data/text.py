@@ -8,6 +8,7 @@ kdteach.data.text_datasets and are re-exported here, so kdteach.data.text.<name>
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -87,8 +88,6 @@ def standin_tokenizer(texts: Sequence[str], *, vocab_size: int = 30_000):
     Returns:
         A transformers fast tokenizer.
     """
-    from collections import Counter
-
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 

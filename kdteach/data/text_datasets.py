@@ -17,6 +17,7 @@ of the label in validation and test.
 """
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,8 +183,6 @@ def multinli_split(rows: Any) -> TextSplit:
 
 
 def _offline_hint() -> str:
-    import os
-
     flags = [k for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(k, "").strip() not in ("", "0")]
     return f" ({' and '.join(flags)} is set, so nothing is downloaded)" if flags else ""
 
