@@ -290,13 +290,21 @@ def run_signature(
     return signature
 
 
-def check_signature(path: str | Path, saved: dict[str, Any] | None, current: dict[str, Any]) -> None:
+def _optimisation_field(key: str) -> bool:
+    # The fields a resume="weights" may change: how the weights are stepped, not what they are or what they learn.
+    return key in ("optimizer", "scheduler", "max_grad_norm") or key.startswith(("optimizer.", "scheduler."))
+
+
+def check_signature(path: str | Path, saved: dict[str, Any] | None, current: dict[str, Any], *,
+                    new_optimizer: bool = False) -> None:
     """Refuses to resume from a checkpoint written by a different run.
 
     Args:
         path: the checkpoint (named in the message).
         saved: the signature stored in it (None: it has none).
         current: run_signature() of this run.
+        new_optimizer: fit(resume="weights"): the optimiser, the scheduler and max_grad_norm may differ (they are
+            new), every other field must match.
 
     Raises:
         ValueError: naming the file and the first field that differs (and the others), with what to do.
@@ -308,10 +316,16 @@ def check_signature(path: str | Path, saved: dict[str, Any] | None, current: dic
         )
     fields = list(current) + [k for k in saved if k not in current]
     differ = [k for k in fields if saved.get(k, _ABSENT) != current.get(k, _ABSENT)]
+    if new_optimizer:
+        differ = [k for k in differ if not _optimisation_field(k)]
     if differ:
         first = differ[0]
         also = f" (also differs: {', '.join(differ[1:6])}{', ...' if len(differ) > 6 else ''})" if len(differ) > 1 else ""
+        hint = ""
+        if not new_optimizer and all(_optimisation_field(k) for k in differ):
+            hint = ("; or, to continue from its weights and epoch with this new optimiser (a lower learning rate, "
+                    "say), pass resume='weights'")
         raise ValueError(
             f"checkpoint {path} was written for {first}={saved.get(first, _ABSENT)!r}, this run asks for "
-            f"{current.get(first, _ABSENT)!r}{also}; delete it or pass a new path"
+            f"{current.get(first, _ABSENT)!r}{also}; delete it or pass a new path{hint}"
         )

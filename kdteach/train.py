@@ -22,19 +22,20 @@ What it promises:
 - Runs that share a cache are kept apart: fit() holds the checkpoint's file lock (checkpoint.checkpoint_lock) for
   the whole run, so a second process asking for the same checkpoint waits, then resumes from (or loads) the file
   the first one finished; no run deletes or overwrites the files of a live one.
-- The NaN rule: after each epoch fit() reads the loss sum and checks that the weights are finite, BEFORE the
-  epoch's checkpoint is written. A blow-up raises FloatingPointError naming the last good checkpoint and its
-  epoch; the exploded weights never replace it.
+- The good-weights rule (kdteach.run_state): after each epoch fit() reads the loss sum, checks that the weights
+  are finite, and probes them (cross-entropy in eval mode on the first training rows, at most 100 x the larger of
+  the probe before training and ln(classes)), BEFORE the epoch's checkpoint is written. A blow-up, including a
+  learning rate that explodes in an epoch's last step, raises FloatingPointError naming the last good checkpoint
+  and its epoch; the exploded weights never replace it, and fit(resume="weights") continues from it with a new
+  optimiser at a lower rate.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import time
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -42,18 +43,27 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kdteach.checkpoint import (  # noqa: F401 - save_atomic and load_checkpoint were public here first
-    CheckpointError,
-    check_signature,
     checkpoint_lock,
     load_checkpoint,
     remove_stale_temporaries,
     run_signature,
     save_atomic,
-    set_aside,
 )
 from kdteach.checks import check_int, check_labels, check_not_empty, check_number
 from kdteach.data.batches import Batch, Batches
 from kdteach.distill import autocast_context
+from kdteach.run_state import (  # noqa: F401 - History was defined here first; experiments import it from here
+    History,
+    RunState,
+    check_epoch_good,
+    check_resumed_good,
+    final_logits,
+    keep_if_best,
+    probe_loss,
+    probe_reference,
+    restore_run,
+    save_run,
+)
 from kdteach.runtime import amp_dtype
 
 LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
@@ -65,67 +75,15 @@ def cross_entropy_loss(outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
     return per_example.mean()
 
 
-@dataclass
-class History:
-    """What fit() measured: one dict per epoch, and which epoch's weights the model ends with.
-
-    Attributes:
-        epochs: one dict per finished epoch ("epoch", "train_loss", "train_acc", "val_acc", ..., "seconds").
-        best_epoch: the epoch whose weights were kept when fit() selected by a metric, else the last epoch.
-        selected_by: the metric used for selection, or None (the last epoch is kept).
-    """
-
-    epochs: list[dict[str, float]] = field(default_factory=list)
-    best_epoch: int | None = None
-    selected_by: str | None = None
-
-    def column(self, key: str) -> list[float]:
-        """The values of one metric over epochs (NaN where an epoch did not record it)."""
-        return [row.get(key, math.nan) for row in self.epochs]
-
-    @property
-    def last(self) -> dict[str, float]:
-        """The last epoch's row."""
-        return self.epochs[-1] if self.epochs else {}
-
-
-@dataclass
-class _RunState:
-    # What fit() carries from epoch to epoch, and what a checkpoint restores.
-    history: History
-    best_score: float = -math.inf
-    best_state: dict[str, torch.Tensor] | None = None
-    next_epoch: int = 0
-    saved_epoch: int | None = None  # the epoch of the checkpoint this run wrote or resumed from last
-
-
 def grad_scaler(device: torch.device, amp: bool) -> torch.amp.GradScaler:
     """The gradient scaler fit() uses: enabled exactly when the precision rule picks fp16 (runtime.amp_dtype)."""
     return torch.amp.GradScaler("cuda", enabled=amp and amp_dtype(device) == torch.float16)
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _stateful(*objects: Any) -> list[Any]:
     # Losses and callbacks that carry state across epochs (Group DRO's group weights, DeDiER's instance weights)
     # expose state_dict / load_state_dict, and are checkpointed with the model.
     return [o for o in objects if hasattr(o, "state_dict") and hasattr(o, "load_state_dict") and not isinstance(o, nn.Module)]
-
-
-def _final_logits(outputs: torch.Tensor) -> torch.Tensor:
-    # Multi-exit models return (exits, N, C); accuracy is reported for the last exit.
-    return outputs[-1] if outputs.dim() == 3 else outputs
 
 
 def _check_batches(batches: Any, name: str) -> None:
@@ -160,7 +118,7 @@ def _forward_checked(model: nn.Module, x: torch.Tensor, name: str) -> torch.Tens
 
 def _check_label_range(name: str, batches: Batches, outputs: torch.Tensor) -> None:
     # One look at the whole label tensor (min and max: one wait for a GPU, once per call, never per step).
-    logits = _final_logits(outputs)
+    logits = final_logits(outputs)
     if "y" in batches.tensors and logits.dim() == 2:
         check_labels(f"{name}['y']", batches.tensors["y"], batches.n, logits.shape[1], check_values=True)
 
@@ -261,121 +219,21 @@ def train_one_epoch(
         seen += n
         loss_sum += loss.detach().float() * n
         if "y" in batch:
-            logits = _final_logits(outputs.detach())
+            logits = final_logits(outputs.detach())
             if logits.dim() == 2:
                 correct += (logits.argmax(dim=1) == batch["y"]).sum()
     return loss_sum, correct, seen
 
 
-def _weights_finite(model: nn.Module) -> bool:
-    # Every floating tensor of the state (parameters and buffers such as BatchNorm's statistics), reduced on the
-    # device and read once: a last step that exploded leaves finite losses but NaN weights.
-    flags = [torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()]
-    return bool(torch.stack(flags).all()) if flags else True
-
-
-def check_epoch_finite(train_loss: float, model: nn.Module, epoch: int, good_checkpoint: Path | None, good_epoch: int | None) -> None:
-    """Raises FloatingPointError when an epoch's loss or the weights after it are not finite.
-
-    Called before the epoch's checkpoint is written, so the file on disk still holds the last good epoch.
-
-    Args:
-        train_loss: the epoch's mean training loss (already read from the device).
-        model: the model after the epoch.
-        epoch: the epoch (0-based).
-        good_checkpoint: the checkpoint this run last wrote or resumed from, or None.
-        good_epoch: its epoch (0-based), or None.
-    """
-    if math.isfinite(train_loss):
-        if _weights_finite(model):
-            return
-        what = f"the weights became NaN or infinite in epoch {epoch + 1} (its losses were finite: a late step exploded)"
-    else:
-        what = f"the training loss became {train_loss} in epoch {epoch + 1}"
-    where = ""
-    if good_checkpoint is not None and good_epoch is not None:
-        where = f"; the last good checkpoint is {good_checkpoint}, written after epoch {good_epoch + 1}, and it was kept"
-    raise FloatingPointError(f"fit: {what}. Lower the learning rate, check the inputs for NaN, or check the loss function{where}.")
-
-
-def save_checkpoint(
-    path: Path, run: _RunState, signature: dict[str, Any], *, epoch: int, model: nn.Module,
-    optimizer: torch.optim.Optimizer, scheduler: Any | None, scaler: torch.amp.GradScaler, stateful: list[Any],
-) -> None:
-    """Writes everything a resumed run needs to continue exactly where this one stands after epoch (atomically)."""
-    save_atomic(
-        {
-            "signature": signature,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": scaler.state_dict(),
-            "stateful": [obj.state_dict() for obj in stateful],
-            "rng": _rng_state(),
-            "epoch": epoch,
-            "history": run.history.epochs,
-            "best_epoch": run.history.best_epoch,
-            "best_score": run.best_score,
-            "best_state": run.best_state,
-        },
-        path,
-    )
-    run.saved_epoch = epoch
-
-
-def restore_checkpoint(
-    path: Path, signature: dict[str, Any], *, model: nn.Module, optimizer: torch.optim.Optimizer,
-    scheduler: Any | None, scaler: torch.amp.GradScaler, stateful: list[Any], device: torch.device, select: str | None,
-) -> _RunState | None:
-    """Loads a checkpoint written by this same run into the training objects.
-
-    Returns:
-        The run's state, or None when there is nothing to resume: no file, or an unreadable one, which is moved
-        to `<name>.corrupt` with a warning.
-
-    Raises:
-        ValueError: the checkpoint was written by a different run (check_signature names the field).
-    """
-    if not path.exists():
-        return None
-    try:
-        state = load_checkpoint(path, map_location=device)
-    except CheckpointError as error:
-        corrupt = set_aside(path)
-        warnings.warn(f"fit: checkpoint {path} cannot be read ({error.reason}); moved it to {corrupt} and training "
-                      "from scratch", stacklevel=3)
-        return None
-    check_signature(path, state.get("signature"), signature)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    if scheduler is not None and state.get("scheduler") is not None:
-        scheduler.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
-    for obj, obj_state in zip(stateful, state.get("stateful", [])):
-        obj.load_state_dict(obj_state)
-    _set_rng_state(state["rng"])
-    history = History(epochs=list(state["history"]), best_epoch=state["best_epoch"], selected_by=select)
-    return _RunState(history, state["best_score"], state.get("best_state"), next_epoch=state["epoch"] + 1, saved_epoch=state["epoch"])
-
-
-def _keep_if_best(run: _RunState, row: dict[str, float], select: str | None, model: nn.Module, epoch: int) -> None:
-    if select is None:
-        run.history.best_epoch = epoch
-        return
-    if select not in row:
-        raise KeyError(f"select={select!r} is not among the recorded metrics {sorted(row)}")
-    if row[select] > run.best_score:
-        run.best_score, run.history.best_epoch = row[select], epoch
-        run.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 def _check_fit_arguments(model: nn.Module, train: Batches, epochs: Any, optimizer: Any, loss_fn: Any,
-                         max_grad_norm: Any, checkpoint: Any, resume: bool) -> None:
+                         max_grad_norm: Any, checkpoint: Any, resume: Any) -> None:
     check_int("epochs", epochs, minimum=1)
     if max_grad_norm is not None:
         check_number("max_grad_norm", max_grad_norm, low=0.0, low_open=True)
+    if not (isinstance(resume, bool) or (isinstance(resume, str) and resume == "weights")):
+        raise ValueError(f"resume must be False, True or 'weights', got {resume!r}")
     if resume and checkpoint is None:
-        raise ValueError("resume=True needs a checkpoint path")
+        raise ValueError(f"resume={resume!r} needs a checkpoint path")
     if not callable(loss_fn):
         raise ValueError(f"loss_fn must be callable (outputs, batch) -> loss, got {type(loss_fn).__name__}")
     if not isinstance(optimizer, torch.optim.Optimizer):
@@ -406,7 +264,7 @@ def fit(
     compile: bool = False,
     max_grad_norm: float | None = None,
     checkpoint: str | Path | None = None,
-    resume: bool = False,
+    resume: bool | Literal["weights"] = False,
     progress: bool = True,
     desc: str = "fit",
 ) -> History:
@@ -433,9 +291,14 @@ def fit(
             fine-tuning recipe uses 1.0).
         checkpoint: file to write after every epoch (atomically); None disables checkpoints. Its lock
             (`<checkpoint>.lock`) is held for the whole call: another process training the same file waits.
-        resume: continue from checkpoint if it exists and was written by this same run (same signature; a
+        resume: True: continue from checkpoint if it exists and was written by this same run (same signature; a
             different run is a ValueError naming the field). A finished run returns at once with its history; an
-            unreadable file is moved to `<name>.corrupt` and the run starts from scratch.
+            unreadable file is moved to `<name>.corrupt` and the run starts from scratch. "weights": continue from
+            the checkpoint's weights, epoch, history and random streams with the optimizer and scheduler passed
+            here, fresh (their state in the file is not loaded). Asked for explicitly, it is the way to go on from
+            the last good checkpoint at a lower learning rate after a blow-up, without deleting the file; the
+            signature may differ in the optimiser, the scheduler and max_grad_norm only, so build the scheduler
+            for the epochs still to run. The next checkpoint carries the new optimiser's signature.
         progress: show one tqdm progress bar over the epochs.
         desc: label of the progress bar.
 
@@ -444,7 +307,8 @@ def fit(
 
     Raises:
         ValueError: a bad argument, data that do not fit the model, or a checkpoint of a different run.
-        FloatingPointError: the loss or the weights became NaN or infinite (the last good checkpoint is kept).
+        FloatingPointError: the loss or the weights became NaN, infinite or exploded (run_state's good-weights rule:
+            the last good checkpoint is kept and named), or the checkpoint resumed from holds such weights.
     """
     _check_fit_arguments(model, train, epochs, optimizer, loss_fn, max_grad_norm, checkpoint, resume)
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -473,12 +337,17 @@ def fit(
     path = Path(checkpoint) if checkpoint is not None else None
     # Held for the whole run: a second process asking for the same checkpoint waits here, then loads the result.
     with checkpoint_lock(path) if path is not None else contextlib.nullcontext():
-        run = _RunState(History(selected_by=select))
+        run = None
         if path is not None:
             remove_stale_temporaries(path)
             if resume:
                 training = dict(model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler, stateful=stateful)
-                run = restore_checkpoint(path, signature, device=device, select=select, **training) or run
+                run = restore_run(path, signature, device=device, select=select, weights_only=resume == "weights", **training)
+        probe = probe_loss(model, train, device=device, amp=amp)
+        if run is None:  # from scratch: the probe of the initial weights is the reference of the bound
+            run = RunState(History(selected_by=select), probe_reference=probe_reference(probe))
+        else:  # resumed: a file is named as the last good one only if its weights pass the rule too
+            check_resumed_good(path, run.next_epoch - 1, probe, run.probe_reference, model)
         epoch_bar = tqdm(range(run.next_epoch, epochs), desc=desc, disable=not progress, initial=run.next_epoch, total=epochs)
         for epoch in epoch_bar:
             started = time.perf_counter()
@@ -489,7 +358,10 @@ def fit(
                 amp=use_amp, channels_last=channels_last, max_grad_norm=max_grad_norm,
             )
             row: dict[str, float] = {"epoch": float(epoch), "train_loss": float(loss_sum) / seen}  # the epoch's one read
-            check_epoch_finite(row["train_loss"], model, epoch, path if run.saved_epoch is not None else None, run.saved_epoch)
+            # Before anything else reads the weights, and before they may be written: only good weights are saved.
+            probe = probe_loss(model, train, device=device, amp=amp) if math.isfinite(row["train_loss"]) else None
+            check_epoch_good(row["train_loss"], model, probe, run.probe_reference, epoch,
+                             path if run.saved_epoch is not None else None, run.saved_epoch)
             if "y" in train.tensors:
                 row["train_acc"] = float(correct) / seen
             if on_epoch_end is not None:
@@ -501,11 +373,11 @@ def fit(
                 row.update(metrics(model))
             row["seconds"] = time.perf_counter() - started
             run.history.epochs.append(row)
-            _keep_if_best(run, row, select, model, epoch)
+            keep_if_best(run, row, select, model, epoch)
             epoch_bar.set_postfix({k: round(v, 4) for k, v in row.items() if k in ("train_loss", "train_acc", "val_acc")})
             if path is not None:
-                save_checkpoint(path, run, signature, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
-                                scaler=scaler, stateful=stateful)
+                save_run(path, run, signature, epoch=epoch, model=model, optimizer=optimizer, scheduler=scheduler,
+                         scaler=scaler, stateful=stateful)
 
     if select is not None and run.best_state is not None:
         model.load_state_dict(run.best_state)
@@ -560,7 +432,7 @@ def evaluate(model: nn.Module, batches: Batches, *, device: torch.device | str |
         raise ValueError("evaluate needs labelled batches (a 'y' tensor)")
     outputs = predict(model, batches, device=device, amp=amp)
     _check_label_range("batches", batches, outputs)
-    logits = _final_logits(outputs)
+    logits = final_logits(outputs)
     y = batches.tensors["y"].to(logits.device)
     errors = int((logits.argmax(dim=1) != y).sum())
     return {
