@@ -163,6 +163,40 @@ def check_labels(name: str, labels: Any, n: int | None, num_classes: int | None,
             raise ValueError(f"{name} must be in [0, {num_classes}), got values in [{low}, {high}]")
 
 
+def check_same_shape(name: str, value: Any, reference_name: str, reference: torch.Tensor, *, what: str = "") -> None:
+    """Refuses a tensor whose shape differs from reference's (a teacher's logits with another class count, ...).
+
+    Args:
+        name: the argument checked.
+        value: what the caller passed.
+        reference_name: the argument it must match.
+        reference: that argument's tensor (already checked).
+        what: the shape in words for the message, e.g. "(N, classes)".
+    """
+    if not isinstance(value, torch.Tensor) or value.shape != reference.shape:
+        shape = f"{what} = {tuple(reference.shape)}" if what else f"{tuple(reference.shape)}"
+        raise ValueError(f"{name} must have the shape of {reference_name}, {shape}, got {_shape_or_type(value)}")
+
+
+def check_values_in(name: str, value: torch.Tensor, low: float, high: float, *, meaning: str = "") -> None:
+    """Refuses a tensor with a NaN or a value outside the closed interval [low, high] (reads the values).
+
+    Args:
+        name: the argument's name.
+        value: a floating or integer tensor.
+        low, high: the bounds.
+        meaning: what the values are, for the message (e.g. "a softmax confidence").
+    """
+    words = f" ({meaning})" if meaning else ""
+    v = value.detach().double()
+    nan = torch.isnan(v)
+    seen = v[~nan]
+    if bool(nan.any()) or (seen.numel() and (float(seen.min()) < low or float(seen.max()) > high)):
+        low_seen, high_seen = (float(seen.min()), float(seen.max())) if seen.numel() else (math.nan, math.nan)
+        got = "no number" if not seen.numel() else f"{low_seen:g}" if low_seen == high_seen else f"values in [{low_seen:g}, {high_seen:g}]"
+        raise ValueError(f"{name} must be in [{low:g}, {high:g}]{words}, got {got}{' and NaN' if bool(nan.any()) else ''}")
+
+
 def check_weight_source(name: str, value: Any) -> None:
     """Refuses an instance-weight source without weights_for(index) (DeDiERReweighting, debias.InstanceWeights)."""
     if not callable(getattr(value, "weights_for", None)):

@@ -274,6 +274,9 @@ def soft_target_gradient(student_logits: torch.Tensor, teacher_logits: torch.Ten
     Returns:
         (N, C) gradient per example (before averaging over the batch).
     """
+    checks.check_logits("student_logits", student_logits)
+    checks.check_logits("teacher_logits", teacher_logits)
+    checks.check_same_shape("teacher_logits", teacher_logits, "student_logits", student_logits, what="(N, classes)")
     return temperature * (softmax_t(student_logits, temperature) - softmax_t(teacher_logits, temperature))
 
 
@@ -316,18 +319,19 @@ def mean_soft_targets(logits: torch.Tensor, labels: torch.Tensor, temperature: f
 
     Args:
         logits: (N, C) teacher logits.
-        labels: (N,) true classes.
+        labels: (N,) integer true classes in [0, num_classes).
         temperature: T > 0.
-        num_classes: C (default logits.shape[1]).
+        num_classes: rows of the result, an int >= 1 (default logits.shape[1], the number of classes).
 
     Returns:
-        (C, C) matrix; rows of classes with no example are NaN.
+        (num_classes, C) matrix; rows of classes with no example are NaN.
     """
     check_logits("logits", logits)
-    if labels.shape != (logits.shape[0],):
-        raise ValueError(f"labels must have shape ({logits.shape[0]},), got {tuple(labels.shape)}")
-    num_classes = num_classes or logits.shape[1]
+    num_classes = logits.shape[1] if num_classes is None else checks.check_int("num_classes", num_classes, minimum=1)
+    # Read on any device: this is analysis, not a training step, and index_add_ would fail deep inside torch.
+    checks.check_labels("labels", labels, logits.shape[0], num_classes, check_values=True)
     probs = softmax_t(logits, temperature)
+    labels = labels.long().to(logits.device)
     sums = torch.zeros(num_classes, logits.shape[1], device=logits.device).index_add_(0, labels, probs)
     counts = torch.bincount(labels, minlength=num_classes).float()[:, None]
     return sums / counts

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from kdteach import checks
 from kdteach.checks import check_int
 from kdteach.data.batches import Batch, Batches
 from kdteach.distill import kd_loss
@@ -264,9 +265,10 @@ class MultiExitLoss:
         self.temperature = float(temperature)
 
     def __call__(self, outputs: torch.Tensor, batch: Batch) -> torch.Tensor:
-        if outputs.dim() != 3:
-            raise ValueError(f"outputs must have shape (exits, N, C) (a MultiExit model), got {tuple(outputs.shape)}")
+        checks.check_tensor("outputs", outputs, dims=(3,), floating=True, what="(exits, N, C) (a MultiExit model)")
         labels = batch["y"]
+        # Read only off the GPU: inside a GPU step the range is fit()'s first-batch check (no host sync per step).
+        checks.check_labels("batch['y']", labels, outputs.shape[1], outputs.shape[2])
         last = outputs[-1].float()
         teacher = last.detach() if self.distill_weight > 0 else None
         losses = [F.cross_entropy(last, labels)]
@@ -341,8 +343,8 @@ def exit_feature_vectors(model: MultiExit, data: Batches | torch.Tensor, *, batc
 def _check_exit_logits(exit_logits: torch.Tensor, labels: torch.Tensor | None = None) -> None:
     if not isinstance(exit_logits, torch.Tensor) or exit_logits.dim() != 3:
         raise ValueError(f"exit_logits must have shape (exits, N, C), got {getattr(exit_logits, 'shape', type(exit_logits).__name__)}")
-    if labels is not None and (not isinstance(labels, torch.Tensor) or labels.shape != exit_logits.shape[1:2]):
-        raise ValueError(f"labels must have shape ({exit_logits.shape[1]},), got {getattr(labels, 'shape', type(labels).__name__)}")
+    if labels is not None:  # analysis, not a training step: the range is read on any device
+        checks.check_labels("labels", labels, exit_logits.shape[1], exit_logits.shape[2], check_values=True)
 
 
 def exit_accuracy(exit_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -450,11 +452,15 @@ def exit_costs(model: MultiExit, example_input: torch.Tensor) -> list[ExitCost]:
 
 
 def _confidence_thresholds(threshold: float | Sequence[float] | torch.Tensor, exits: int, device: torch.device) -> torch.Tensor:
-    t = torch.as_tensor(threshold, dtype=torch.float64, device=device)
+    try:
+        t = torch.as_tensor(threshold, dtype=torch.float64, device=device)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"threshold must be a confidence in [0, 1] or one per exit ({exits}), got {threshold!r}") from error
     if t.dim() == 0:
         t = t.expand(exits)
     if t.shape != (exits,):
         raise ValueError(f"threshold must be a number or one value per exit ({exits}), got shape {tuple(t.shape)}")
+    checks.check_values_in("threshold", t, 0.0, 1.0, meaning="a softmax confidence")
     return t
 
 

@@ -80,6 +80,9 @@ def _class_predictions(preds: ArrayLike, n: int | None = None) -> np.ndarray:
     # Logits or probabilities (N, C) become class ids; class ids (N,) pass through.
     array = _to_numpy("preds", preds)
     if array.ndim == 2:
+        if np.issubdtype(array.dtype, np.floating):
+            # argmax of a NaN row is 0 (numpy) or the NaN's index (torch): an answer nobody predicted.
+            checks.check_finite("preds", torch.from_numpy(np.ascontiguousarray(array)), check_values=True)
         array = array.argmax(axis=1)
     if array.ndim != 1:
         raise ValueError(f"preds must be class ids (N,) or scores (N, C), got shape {array.shape}")
@@ -151,7 +154,8 @@ def group_accuracy(preds: ArrayLike, labels: ArrayLike, groups: ArrayLike, num_g
     """Accuracy within each group, and how many examples each group has.
 
     Args:
-        preds: (N,) predicted class ids, or (N, C) logits / probabilities (argmax is taken).
+        preds: (N,) predicted class ids, or (N, C) finite logits / probabilities (argmax is taken; NaN or inf
+            is refused, naming preds).
         labels: (N,) true class ids.
         groups: (N,) group ids, or a boolean (N, G) membership matrix for overlapping groups.
         num_groups: number of groups; None infers it (max id + 1, or the matrix's width).

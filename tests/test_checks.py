@@ -242,3 +242,23 @@ def test_on_a_gpu_losses_check_without_waiting_for_the_device():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(dro.group_weights).all()
+
+
+def test_check_same_shape_names_both_arguments_and_the_shape_wanted():
+    reference = torch.zeros(4, 3)
+    checks.check_same_shape("b", torch.ones(4, 3), "a", reference)  # equal shapes pass
+    with pytest.raises(ValueError, match=r"b must have the shape of a, \(N, classes\) = \(4, 3\), got \(4, 5\)"):
+        checks.check_same_shape("b", torch.ones(4, 5), "a", reference, what="(N, classes)")
+    with pytest.raises(ValueError, match=r"b must have the shape of a, \(4, 3\), got list"):
+        checks.check_same_shape("b", [[0.0] * 3] * 4, "a", reference)
+
+
+def test_check_values_in_reads_the_range_and_nan():
+    checks.check_values_in("p", torch.tensor([0.0, 0.5, 1.0]), 0.0, 1.0)  # closed bounds pass
+    checks.check_values_in("p", torch.tensor([]), 0.0, 1.0)  # nothing to refuse
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\] \(a probability\), got values in \[0.2, 1.5\]"):
+        checks.check_values_in("p", torch.tensor([0.2, 1.5]), 0.0, 1.0, meaning="a probability")
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\], got no number and NaN"):
+        checks.check_values_in("p", torch.tensor([float("nan")]), 0.0, 1.0)
+    with pytest.raises(ValueError, match=r"p must be in \[0, 1\], got -inf"):
+        checks.check_values_in("p", torch.tensor([float("-inf")]), 0.0, 1.0)

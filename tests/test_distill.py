@@ -176,3 +176,35 @@ def test_kdloss_reads_cached_logits_and_weights():
     torch.testing.assert_close(unweighted, kd_loss(s, t, y, temperature=3.0, soft_weight=0.8))
     with pytest.raises(ValueError, match="no teacher"):
         KDLoss(temperature=3.0, soft_weight=0.8)(s, {"x": batch["x"], "y": y})
+
+
+# Bad inputs of issue 22: each refused with a ValueError naming the argument, before torch's index_add_ sees it.
+@pytest.mark.parametrize("labels, message", [
+    (torch.tensor([0, 1, 2, 3]), r"labels must be in \[0, 3\), got values in \[0, 3\]"),  # equal to the class count
+    (torch.tensor([0, 1, -1, 2]), r"labels must be in \[0, 3\), got values in \[-1, 2\]"),
+    (torch.tensor([0.0, 1.0, 1.0, 2.0]), r"labels must hold integer class indices, got torch.float32"),
+    (torch.tensor([0, 1, 2]), r"labels must have shape \(4,\), got \(3,\)"),
+])
+def test_mean_soft_targets_refuses_bad_labels(labels, message):
+    with pytest.raises(ValueError, match=message):
+        kd.distill.mean_soft_targets(torch.randn(4, 3), labels, 2.0)
+
+
+def test_mean_soft_targets_checks_num_classes_and_averages_by_class():
+    logits = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"num_classes must be an integer, got 2.5"):
+        kd.distill.mean_soft_targets(logits, torch.tensor([0, 1, 1, 2]), 2.0, num_classes=2.5)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 2\), got values in \[0, 2\]"):
+        kd.distill.mean_soft_targets(logits, torch.tensor([0, 1, 1, 2]), 2.0, num_classes=2)
+    table = kd.distill.mean_soft_targets(logits, torch.tensor([0, 1, 1, 2]), 2.0)
+    probs = torch.softmax(logits / 2.0, dim=1)
+    torch.testing.assert_close(table[1], (probs[1] + probs[2]) / 2)
+
+
+def test_soft_target_gradient_refuses_mismatched_class_counts():
+    with pytest.raises(ValueError, match=r"teacher_logits must have the shape of student_logits, \(N, classes\) = \(4, 3\), got \(4, 5\)"):
+        kd.distill.soft_target_gradient(torch.randn(4, 3), torch.randn(4, 5), 2.0)
+    with pytest.raises(ValueError, match=r"teacher_logits must have the shape of student_logits, \(N, classes\) = \(4, 3\), got \(2, 3\)"):
+        kd.distill.soft_target_gradient(torch.randn(4, 3), torch.randn(2, 3), 2.0)
+    with pytest.raises(ValueError, match=r"student_logits must be a tensor of shape \(N, classes\), got \(3,\)"):
+        kd.distill.soft_target_gradient(torch.randn(3), torch.randn(3), 2.0)

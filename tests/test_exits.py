@@ -72,7 +72,7 @@ def test_early_exit_predict_matches_the_simulated_policy_and_really_skips_stages
     model = mlp_exits(1)
     x = torch.randn(200, 12)
     logits = model(x)
-    for threshold in (0.0, 0.3, 0.45, [0.4, 0.5, 0.0], 1.1):
+    for threshold in (0.0, 0.3, 0.45, [0.4, 0.5, 0.0], 1.0):
         index, prediction = confidence_exit(logits, threshold)
         real = early_exit_predict(model, x, threshold)
         assert torch.equal(index, real.exit_index) and torch.equal(prediction, real.predictions)
@@ -133,16 +133,16 @@ def test_spent_macs_equal_the_ideal_count_and_the_run_is_timed():
     assert sum(run.exit_shares) == pytest.approx(1.0) and run.early_seconds > 0 and run.full_seconds > 0
 
 
-def test_confidence_exit_sends_everyone_to_the_last_exit_above_certainty():
-    logits = torch.randn(3, 50, 4)
-    index, prediction = confidence_exit(logits, 1.01)
+def test_confidence_exit_sends_everyone_to_the_last_exit_at_certainty():
+    logits = torch.randn(3, 50, 4)  # no softmax of these reaches 1.0 exactly
+    index, prediction = confidence_exit(logits, 1.0)
     assert (index == 2).all() and torch.equal(prediction, logits[2].argmax(1))
 
 
 def test_threshold_curve_spans_cheapest_to_full_compute():
     logits = torch.randn(3, 100, 4)
     labels = torch.randint(0, 4, (100,))
-    rows = threshold_curve(logits, labels, [1.0, 2.0, 5.0], thresholds=[0.0, 1.01])
+    rows = threshold_curve(logits, labels, [1.0, 2.0, 5.0], thresholds=[0.0, 1.0])
     assert rows[0].mean_macs == 1.0 and rows[1].mean_macs == 5.0
     assert rows[1].accuracy == pytest.approx(float(exit_accuracy(logits, labels)[-1]))
     assert rows[0].exit_shares == (1.0, 0.0, 0.0)
@@ -240,3 +240,34 @@ def test_reliability_diagram_uses_the_ece_bins_and_only_joins_bins_with_enough_e
         assert len(joined.get_xdata()) == int((count[t] >= 10).sum())
         assert len(sparse.get_xdata()) == int(((count[t] > 0) & (count[t] < 10)).sum()) and sparse.get_linestyle() == "None"
     assert "15 bins" in fig.axes[0].get_title()
+
+
+# Bad inputs of issue 22: each refused with a ValueError naming the argument, before torch sees it.
+@pytest.mark.parametrize("labels, seen", [([0, 1, 5, 2], r"\[0, 5\]"), ([0, -1, 2, 2], r"\[-1, 2\]")])
+def test_multi_exit_loss_refuses_labels_out_of_range(labels, seen):
+    with pytest.raises(ValueError, match=rf"batch\['y'\] must be in \[0, 5\), got values in {seen}"):
+        MultiExitLoss()(torch.randn(3, 4, 5), {"y": torch.tensor(labels)})
+    with pytest.raises(ValueError, match=r"outputs must be floating point"):
+        MultiExitLoss()(torch.zeros(3, 4, 5, dtype=torch.long), {"y": torch.tensor([0, 1, 2, 3])})
+
+
+def test_exit_accuracy_refuses_labels_out_of_range_instead_of_scoring_them_wrong():
+    logits = torch.randn(3, 4, 5)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 5\), got values in \[0, 5\]"):
+        exit_accuracy(logits, torch.tensor([0, 1, 5, 2]))
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 5\), got values in \[-3, 2\]"):
+        exit_accuracy(logits, torch.tensor([0, 1, -3, 2]))
+    with pytest.raises(ValueError, match=r"labels must hold integer class indices, got torch.float32"):
+        exit_accuracy(logits, torch.tensor([0.0, 1.0, 2.0, 2.0]))
+    # In range, the accuracy is the share of argmax hits, per exit.
+    labels = logits[1].argmax(1)
+    assert exit_accuracy(logits, labels)[1] == 1.0
+
+
+@pytest.mark.parametrize("threshold, got", [(1.5, "got 1.5"), (-0.1, "got -0.1"), ([0.5, 0.5, 2.0], r"got values in \[0.5, 2\]"),
+                                            ([0.5, float("nan"), 0.5], "got 0.5 and NaN")])
+def test_confidence_exit_refuses_a_threshold_outside_0_1(threshold, got):
+    with pytest.raises(ValueError, match=rf"threshold must be in \[0, 1\] \(a softmax confidence\), {got}"):
+        confidence_exit(torch.randn(3, 4, 5), threshold)
+    with pytest.raises(ValueError, match=r"threshold must be a confidence in \[0, 1\] or one per exit \(3\), got 'high'"):
+        confidence_exit(torch.randn(3, 4, 5), "high")

@@ -117,3 +117,15 @@ def test_worst_group_index_can_point_at_the_majority_group():
 def test_bad_input_names_the_argument(call, argument):
     with pytest.raises(ValueError, match=argument):
         call()
+
+
+# Bad input of issue 22: scores that are all NaN gave a worst-group accuracy of 0.0 (argmax of NaN rows).
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_worst_group_accuracy_refuses_non_finite_scores(bad):
+    labels, groups = torch.tensor([0, 1, 1, 0]), torch.tensor([0, 0, 1, 1])
+    with pytest.raises(ValueError, match=r"preds holds 8 non-finite value\(s\) \(NaN or inf\)"):
+        worst_group_accuracy(torch.full((4, 2), bad), labels, groups)
+    one_row = torch.tensor([[2.0, 0.0], [0.0, 1.0], [bad, 0.0], [1.0, 0.0]])
+    with pytest.raises(ValueError, match=r"preds holds 1 non-finite value\(s\)"):
+        worst_group_accuracy(one_row.numpy(), labels.numpy(), groups.numpy())
+    assert worst_group_accuracy(torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0], [0.0, 1.0]]), labels, groups) == 0.5
