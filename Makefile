@@ -7,19 +7,34 @@ NO_BROWSER ?=
 JUPYTER_FLAGS := $(if $(NO_BROWSER),--no-browser,) $(if $(filter 0,$(shell id -u)),--allow-root,)
 COURSE_SERVER = $(BIN)/jupyter lab $(JUPYTER_FLAGS) notebooks/
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb)) $(sort $(wildcard notebooks/solutions/*.ipynb))
+# CPU=1 make course: a machine without an NVIDIA GPU gets PyTorch's CPU-only wheels (a few hundred MB) instead of
+# the default CUDA build (several GB). Must come first: pip keeps a torch that is already installed.
+CPU ?=
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+# The course site: Sphinx reads the repository root with docs/conf.py; the notebooks are rendered, never executed.
+SITE_DIR ?= _site
+SITE_BUILD = $(BIN)/sphinx-build -b html -q -c docs . $(SITE_DIR)
+# The `site` extra's requirements, quoted, from pyproject.toml: `make site` needs them and not torch.
+SITE_REQUIREMENTS := $(shell sed -n 's/^site = \[\(.*\)\]$$/\1/p' pyproject.toml | tr -d ',')
 
-.PHONY: course course-command test unit notebooks venv clean-notebooks reference-outputs
+.PHONY: course course-command test unit notebooks venv site site-command clean-notebooks reference-outputs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 
 $(VENV)/.course: $(BIN)/python pyproject.toml
+	$(if $(CPU),$(BIN)/python -m pip install torch torchvision --index-url $(TORCH_CPU_INDEX))
 	$(BIN)/python -m pip install -e . jupyterlab ipykernel
 	touch $@
 
 $(VENV)/.dev: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install -e ".[dev]"
+	$(if $(CPU),$(BIN)/python -m pip install torch torchvision --index-url $(TORCH_CPU_INDEX))
+	$(BIN)/python -m pip install -e ".[dev,site]"
+	touch $@
+
+$(VENV)/.site: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install $(SITE_REQUIREMENTS)
 	touch $@
 
 venv: $(VENV)/.dev
@@ -40,6 +55,16 @@ unit: $(VENV)/.dev
 
 notebooks: $(VENV)/.dev
 	KDTEACH_SMOKE=1 NBVAL_CHECK_OUTPUT=1 $(BIN)/python -m pytest -q --nbval-lax --nbval-cell-timeout=600 -p no:cacheprovider $(NOTEBOOKS)
+
+## Build the course site into $(SITE_DIR)/: the committed notebooks (not executed), the README, the facilitator
+## guide and the reference results as static HTML. Offline; tests/test_site.py builds it and opens it in Chromium.
+site: $(VENV)/.site
+	$(SITE_BUILD)
+	@echo "The course site is in $(SITE_DIR)/: open $(SITE_DIR)/index.html"
+
+# The build command `make site` runs, printed (tests/test_site.py runs it into a temporary folder).
+site-command:
+	@echo '$(SITE_BUILD)'
 
 ## Strip outputs before committing; cells marked keep_output (nbval's NBVAL_CHECK_OUTPUT references) keep theirs.
 clean-notebooks: $(VENV)/.dev
