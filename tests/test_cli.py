@@ -99,3 +99,92 @@ def test_cache_variable_naming_a_file_is_a_clear_error(tmp_path, monkeypatch):
         runtime.cache_dir()
     monkeypatch.setenv("KDTEACH_CACHE", str(tmp_path / "fresh"))
     assert runtime.cache_dir() == tmp_path / "fresh" and (tmp_path / "fresh").is_dir()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Every bad choice is a usage error (exit 2) naming the argument and what it allows; nothing runs
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv, names", [
+    (["text", "--dataset", "bogus"], ["argument --dataset: invalid choice: 'bogus'", "'standin', 'multinli', 'civilcomments'"]),
+    (["bogus"], ["argument NAME: invalid choice: 'bogus'", "'hinton', 'spurious', 'dedier', 'text', 'exits', 'sets', 'capstone'"]),
+    (["hinton", "--mode", "fast"], ["argument --mode: invalid choice: 'fast'", "'full', 'smoke'"]),
+    (["exits", "--seed", "-1"], ["argument --seed: must be a non-negative integer, got -1"]),
+    (["sets", "--seed", "1.5"], ["argument --seed: must be a non-negative integer, got '1.5'"]),
+    (["hinton", "--dataset", "standin"], ["unrecognized arguments: --dataset standin"]),
+    ([], ["the following arguments are required: NAME"]),
+])
+def test_a_bad_choice_is_a_usage_error_naming_the_argument(argv, names, monkeypatch, capsys, tmp_path):
+    calls = _no_training(monkeypatch)
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv + (["--out", str(tmp_path)] if argv and argv[0] in EXPERIMENTS else []))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    for words in names:
+        assert words in err
+    assert "Traceback" not in err and calls == []
+
+
+def test_text_with_a_bogus_dataset_exits_2_from_the_command_line(tmp_path):
+    """The issue's case end to end: `python -m kdteach text --dataset bogus` (was exit 1 with a traceback)."""
+    done = subprocess.run([sys.executable, "-m", "kdteach", "text", "--dataset", "bogus", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    assert "argument --dataset: invalid choice: 'bogus' (choose from 'standin', 'multinli', 'civilcomments')" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_cache_variable_naming_a_file_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    calls = _no_training(monkeypatch)
+    taken = tmp_path / "cache.txt"
+    taken.write_text("")
+    monkeypatch.setenv("KDTEACH_CACHE", str(taken))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["hinton", "--mode", "smoke", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and f"KDTEACH_CACHE names {taken}, which is a file" in capsys.readouterr().err
+    assert calls == []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The header line, and what --help says
+# ---------------------------------------------------------------------------------------------------------------
+def test_a_header_line_says_mode_device_data_and_folders_before_the_run(tmp_path, monkeypatch, capsys):
+    from kdteach import runtime
+    from kdteach.experiments import hinton
+
+    monkeypatch.setattr(hinton, "run", lambda **kwargs: print("RUN STARTED"))
+    monkeypatch.setenv("KDTEACH_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    assert main(["hinton", "--mode", "smoke", "--out", str(out), "--seed", "3", "--no-progress"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    head = printed[0]
+    assert printed.index("RUN STARTED") == 1  # the header comes first
+    assert head.startswith("kdteach hinton: mode smoke | device ")
+    assert f"device {runtime.pick_device().type}" in head and "| seed 3 |" in head
+    assert "data MNIST from the data folder" in head and f"| out {out} |" in head and f"cache {tmp_path / 'cache'}" in head
+
+
+@pytest.mark.parametrize("mode, dataset, words", [("smoke", None, "data standin (generated, offline)"),
+                                                  ("full", None, "data multinli (from the Hugging Face Hub)"),
+                                                  ("smoke", "civilcomments", "data civilcomments (from the Hugging Face Hub)")])
+def test_the_text_header_names_the_dataset_the_mode_picks(mode, dataset, words, tmp_path, monkeypatch, capsys):
+    from kdteach.experiments import text
+
+    monkeypatch.setattr(text, "run", lambda **kwargs: None)
+    argv = ["text", "--mode", mode, "--out", str(tmp_path)] + (["--dataset", dataset] if dataset else [])
+    assert main(argv) == 0
+    assert words in capsys.readouterr().out.splitlines()[0]
+
+
+def test_help_says_what_each_experiment_does_and_its_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    assert "runs in mode 'full' unless --mode says otherwise" in top
+    for name, experiment in EXPERIMENTS.items():
+        with pytest.raises(SystemExit) as exit_info:
+            main([name, "--help"])
+        assert exit_info.value.code == 0
+        text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        assert " ".join(experiment.does.split()) in text and "Data:" in text
+        assert "(default: full)" in text and f"(default: runs/{name})" in text and "(default: 0)" in text
+        assert ("--dataset {standin,multinli,civilcomments}" in text) == (name == "text")
