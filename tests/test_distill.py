@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import kdteach as kd
-from kdteach.distill import FrozenTeacher, KDLoss, cache_teacher_logits, kd_loss, kd_loss_per_example, softmax_t
+from kdteach.distill import KDLoss, cache_teacher_logits, kd_loss, kd_loss_per_example, softmax_t
 
 
 def np_softmax(z, t):
