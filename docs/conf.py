@@ -21,9 +21,10 @@ copyright = "the kdteach authors, MIT license"
 root_doc = "docs/index"
 
 extensions = ["myst_nb", "sphinx.ext.githubpages"]  # githubpages writes .nojekyll, so Pages serves _static/
-include_patterns = ["README.md", "docs/*.md", "notebooks/*.ipynb", "notebooks/solutions/*.ipynb", "results/README.md"]
+include_patterns = ["README.md", "docs/*.md", "notebooks/*.ipynb", "notebooks/solutions/*.ipynb", "results/README.md",
+                    "data/README.md"]
 # Pruned before the walk, so the build never lists the virtualenv, the caches or the data.
-exclude_patterns = [".venv", ".git", ".cache", "data", "runs", "_site", "build", "**/.ipynb_checkpoints", "docs/_root"]
+exclude_patterns = [".venv", ".git", ".cache", "data/MNIST", "runs", "_site", "build", "**/.ipynb_checkpoints", "docs/_root"]
 
 nb_execution_mode = "off"
 nb_merge_streams = True  # one block per cell for a cell's printed lines

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,8 +256,91 @@ def result_names(folder: Path | None = None) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if (p / f"{p.name}.json").exists()) if folder.exists() else []
 
 
-# The notebook each experiment belongs to, for the wall-time table.
+# The notebook each experiment belongs to, for the wall-time table, and its name in the course.
 NOTEBOOK_OF = {"hinton": "01", "spurious": "02", "dedier": "03", "text": "04 (offline stand-in)", "exits": "05", "sets": "06", "capstone": "07"}
+COURSE_NAME = {"hinton": "Soft targets", "spurious": "Spurious correlations", "dedier": "Early readouts and DeDiER",
+               "text": "Text", "exits": "Early-exit networks", "sets": "Nested prediction sets", "capstone": "Capstone"}
+# The findings that summarise each experiment in the README, each chosen by the text it starts with (a dataset or
+# a method pair, as the report module words it); tests/test_results.py fails when one no longer matches, so a
+# rerun that rewords its findings cannot silently drop its summary. hinton stores no sentences: its line is
+# computed from its typed result (hinton_summary).
+HEADLINES: dict[str, tuple[str, ...]] = {
+    "spurious": ("student <- teacher (ERM) - teacher (ERM) on test worst-group",),
+    "dedier": ("waterbirds_like: DeDiER - KD on test worst-group", "colored_digits: DeDiER - KD on test worst-group"),
+    "text": ("KD student - teacher on worst-group", "DeDiER - KD on worst-group"),
+    "exits": ("The confidence-threshold policy",),
+    "sets": ("AVCS, threshold chosen",),
+    "capstone": ("LAC, KD student, the last exit", "DeDiER, detached readout - KD on LAC worst-group coverage at the last exit"),
+}
+
+
+_DATASET = re.compile(r"([a-z_]+): ")
+
+
+def _short(finding: str) -> str:
+    """A finding without its seed-by-seed list and after its first sentence, for a one-line summary."""
+    finding = re.sub(r", seed by seed: [^()]*\(", " (", finding)
+    return finding.split(". ", 1)[0].rstrip(".") + "."
+
+
+def hinton_summary(ref: Reference) -> str:
+    """Notebook 01's line, from its typed result: the three models' test errors against the paper's.
+
+    Args:
+        ref: the hinton reference (its result holds "headline" and "seeds").
+
+    Returns:
+        One sentence.
+    """
+    from kdteach.report import mean_std
+
+    result = ref.result or {}
+    top, seeds = result.get("headline", {}), result.get("seeds", {})
+    paper = " / ".join(str(n) for n in top.get("paper_errors", []))
+    return (f"test errors of {top.get('test_size', 10_000):,} MNIST digits: teacher {top.get('teacher_errors', '?')}, "
+            f"student alone {mean_std(seeds.get('alone_errors', []))}, distilled student "
+            f"{mean_std(seeds.get('distilled_errors', []))} over seeds {seeds.get('seeds', [])} (the paper: {paper}).")
+
+
+def summary_line(name: str, *, folder: Path | None = None) -> str:
+    """The README's line for one experiment: notebook, seeds and wall time, and its headline findings, shortened.
+
+    Args:
+        name: the experiment.
+        folder: the results folder (default: results_dir()).
+
+    Returns:
+        A Markdown bullet.
+
+    Raises:
+        ValueError: when a finding named in HEADLINES is not among the result's findings.
+    """
+    ref = load_reference(name, folder=folder)
+    if ref is None:
+        raise ValueError(f"no committed result for {name!r} in {folder or results_dir()}")
+    if name == "hinton":
+        text = hinton_summary(ref)
+    else:
+        findings = ref.meta.get("findings", [])
+        chosen = []
+        for start in HEADLINES.get(name, ()):
+            at = next((i for i, line in enumerate(findings) if line.startswith(start)), None)
+            if at is None:
+                raise ValueError(f"results/{name}/: no finding starts with {start!r}; update kdteach.results.HEADLINES")
+            # A finding inside a dataset's block ("waterbirds_like: sets at ...", then its sentences) gets its name.
+            block = None if _DATASET.match(findings[at]) else next(
+                (m.group(1) for line in reversed(findings[:at]) if (m := _DATASET.match(line))), None)
+            chosen.append((f"{block}: " if block else "") + _short(findings[at]))
+        text = " ".join(chosen) or (_short(findings[0]) if findings else "(no findings stored)")
+    seeds = len(ref.meta.get("seeds") or [])
+    minutes = float(ref.meta.get("wall_seconds", 0.0)) / 60
+    notebook = NOTEBOOK_OF.get(name, "?").split(" ")[0]
+    return (f"- **{notebook} {COURSE_NAME.get(name, name)}** ({seeds} seed{'s' if seeds != 1 else ''}, "
+            f"{minutes:.0f} min on a {ref.meta.get('device', '?')}): {text}")
+
+
+def _in_course_order(names: list[str]) -> list[str]:
+    return sorted(names, key=lambda n: (NOTEBOOK_OF.get(n, "99"), n))
 
 
 def wall_time_rows(folder: Path | None = None) -> list[dict[str, Any]]:
@@ -269,7 +353,7 @@ def wall_time_rows(folder: Path | None = None) -> list[dict[str, Any]]:
         Rows in notebook order.
     """
     rows = []
-    for name in sorted(result_names(folder), key=lambda n: (NOTEBOOK_OF.get(n, "99"), n)):
+    for name in _in_course_order(result_names(folder)):
         meta = load_reference(name, folder=folder).meta  # type: ignore[union-attr]
         seconds = float(meta.get("wall_seconds", 0.0))
         dataset = f" --dataset {meta['dataset']}" if name == "text" and meta.get("dataset") else ""
@@ -280,7 +364,7 @@ def wall_time_rows(folder: Path | None = None) -> list[dict[str, Any]]:
 
 
 def readme_section(folder: Path | None = None) -> str:
-    """The README's generated results section: one subsection per experiment in results/, with provenance.
+    """The README's generated results section: one summary line per experiment, and where the full tables are.
 
     Args:
         folder: the results folder (default: results_dir()).
@@ -288,39 +372,96 @@ def readme_section(folder: Path | None = None) -> str:
     Returns:
         Markdown between README_BEGIN and README_END (markers included).
     """
+    names = _in_course_order(result_names(folder))
+    lines = [summary_line(name, folder=folder) for name in names] or ["(no reference results committed yet)"]
+    return "\n".join([README_BEGIN, *lines, "", "Every table, finding and figure, with the provenance of each run: "
+                       "[results/README.md](results/README.md).", README_END])
+
+
+RESULTS_README_INTRO = """\
+# Reference results
+
+<!-- Generated by `python -m kdteach.results` from the files in this folder; do not edit by hand. -->
+
+Each folder holds one experiment's committed full-mode output: `<name>.json` (the table rows, the typed result and
+the provenance: commit, date, device, torch, wall time, seeds, configuration), its tables as Markdown and its
+figures as PNG. Each notebook prints its reference beside the reader's own run (`kd.results.show_reference`,
+`kd.results.show_findings`), and the files are installed with the package, so a pip or Colab install shows them
+too. This page is generated from those files, and `tests/test_results.py` fails when it is stale.
+
+How to read the numbers:
+
+- Every "clearly" comes from the one comparison rule (paired over seeds, 95% paired-t interval); "no clear
+  difference" means the interval includes zero, and fewer than 3 seeds give no verdict.
+- Notebook 01's headline is the paper's experiment at the paper's sizes on real MNIST; the other experiments are
+  the offline stand-ins sized for a laptop. The paper-scale paths (real Waterbirds / CelebA, MultiNLI /
+  CivilComments, CIFAR) are the GPU configurations the notebooks describe.
+- Wall times are each run's own measurement (`wall_seconds` in its provenance); rerun a command to measure yours.
+"""
+
+
+def results_readme(folder: Path | None = None) -> str:
+    """results/README.md: for each experiment, its provenance, every table, every finding and its figures.
+
+    Args:
+        folder: the results folder (default: results_dir()).
+
+    Returns:
+        The page's Markdown.
+    """
     from kdteach.report import markdown_table
 
     folder = folder or results_dir()
-    parts = [README_BEGIN]
-    names = result_names(folder)
+    names = _in_course_order(result_names(folder))
+    parts = [RESULTS_README_INTRO]
+    if names:
+        parts.append("## Wall time of each full-mode run\n\n" + markdown_table(wall_time_rows(folder)) + "\n")
     for name in names:
         ref = load_reference(name, folder=folder)
         assert ref is not None
-        parts.append(f"### {ref.meta.get('title', name)} (`results/{name}/`)\n\n*{provenance_line(ref.meta)}*\n\n"
-                     f"{markdown_table(ref.rows)}\n")
-        parts.extend(f"- {line}" for line in ref.meta.get("findings", []))
+        tables = reference_tables(name, folder=folder)
+        notebook = NOTEBOOK_OF.get(name, "?").split(" ")[0]
+        parts.append(f"## {notebook} {COURSE_NAME.get(name, name)} (`{name}/`)\n\n*{provenance_line(ref.meta)}*\n\n"
+                     f"**{tables[0].title}**\n\n{markdown_table(tables[0].rows)}\n")
+        findings = ref.meta.get("findings", [])
+        parts.append("\n".join(f"- {line}" for line in findings) + "\n" if findings else
+                     "No finding sentences are stored for this experiment: its measured numbers are its tables.\n")
+        for table in tables[1:]:
+            parts.append(f"### {table.title} (`{name}/{table.path.name}`)\n\n{markdown_table(table.rows)}\n")
+        figures = sorted((folder / name).glob("*.png"))
+        if figures:
+            parts.append("Figures:\n\n" + "\n".join(f"![{name}/{f.name}]({name}/{f.name})" for f in figures) + "\n")
     if not names:
-        parts.append("(no reference results committed yet)")
-    else:
-        parts.append("\n### Wall time of each full-mode run (from the provenance above)\n\n" + markdown_table(wall_time_rows(folder)) + "\n")
-    parts.append(README_END)
+        parts.append("(no reference results committed yet)\n")
     return "\n".join(parts)
 
 
 def update_readme(readme: Path, folder: Path | None = None) -> bool:
     """Rewrites the generated section of readme from results/; returns True when the file changed."""
-    text = readme.read_text()
+    text = readme.read_text(encoding="utf-8")
     if README_BEGIN not in text or README_END not in text:
         raise ValueError(f"{readme} has no generated results section (markers {README_BEGIN!r} ... {README_END!r})")
     head, rest = text.split(README_BEGIN, 1)
     _, tail = rest.split(README_END, 1)
     new = head + readme_section(folder) + tail
     if new != text:
-        readme.write_text(new)
+        readme.write_text(new, encoding="utf-8")
     return new != text
+
+
+def update_results_readme(folder: Path | None = None) -> bool:
+    """Writes results/README.md from the result files; returns True when it changed."""
+    folder = folder or results_dir()
+    path, new = folder / "README.md", results_readme(folder)
+    if path.exists() and path.read_text(encoding="utf-8") == new:
+        return False
+    path.write_text(new, encoding="utf-8")
+    return True
 
 
 if __name__ == "__main__":
     changed = update_readme(runtime.checkout_root() / "README.md")
     print("README.md results section " + ("updated" if changed else "already up to date"))
+    changed = update_results_readme(runtime.checkout_root() / "results")
+    print("results/README.md " + ("updated" if changed else "already up to date"))
     sys.exit(0)

@@ -21,28 +21,84 @@ def test_provenance_line_says_mode_seeds_device_time_and_commit():
     assert "1 seed," in results.provenance_line({**meta, "seeds": [0], "wall_seconds": 42}) and "42 s" in results.provenance_line({**meta, "wall_seconds": 42})
 
 
-def test_readme_section_lists_every_result_with_its_provenance(tmp_path):
-    _write(tmp_path, "exits", {"seeds": [0, 1, 2], "wall_seconds": 60, "title": "Notebook 05"}, [{"exit": 1, "accuracy": 0.5}])
-    _write(tmp_path, "sets", {"seeds": [0]}, [{"method": "AVCS", "coverage": 0.95}])
+EXITS_FINDINGS = ["exit 3 - the last exit on test accuracy, seed by seed: +0.5, +0.3, +1.0 points (mean +0.6 points, 95% "
+                  "interval +0.1 to +1.1; higher in 3 of 3 seeds): exit 3 is clearly higher than the last exit.",
+                  "The confidence-threshold policy at 0.70 is within 0.5 points of the last exit (96.1%) at 15% of its "
+                  "compute per example on average. A second sentence the summary leaves out."]
+
+
+def test_readme_section_has_one_summary_line_per_result_in_course_order(tmp_path):
+    _write(tmp_path, "sets", {"seeds": [0], "wall_seconds": 180, "device": "2-core CPU",
+                              "findings": ["AVCS, threshold chosen by the rule: 95.7% covered at every exit."]}, [{"method": "AVCS"}])
+    _write(tmp_path, "exits", {"seeds": [0, 1, 2], "wall_seconds": 600, "device": "2-core CPU", "findings": EXITS_FINDINGS},
+           [{"exit": 1, "accuracy": 0.5}])
     section = results.readme_section(tmp_path)
     assert section.startswith(results.README_BEGIN) and section.endswith(results.README_END)
-    assert section.index("Notebook 05") < section.index("`results/sets/`")
-    assert "| exit | accuracy |" in section and "3 seeds" in section and "| AVCS | 0.95 |" in section
+    lines = [line for line in section.splitlines() if line.startswith("- ")]
+    assert lines == [
+        "- **05 Early-exit networks** (3 seeds, 10 min on a 2-core CPU): The confidence-threshold policy at 0.70 is within "
+        "0.5 points of the last exit (96.1%) at 15% of its compute per example on average.",
+        "- **06 Nested prediction sets** (1 seed, 3 min on a 2-core CPU): AVCS, threshold chosen by the rule: 95.7% covered "
+        "at every exit.",
+    ]
+    assert "[results/README.md](results/README.md)" in section and "| exit |" not in section
+
+
+def test_a_summary_drops_the_seed_list_and_names_the_dataset_block(tmp_path, monkeypatch):
+    findings = ["waterbirds_like: sets at miscoverage 0.1.", "LAC, KD student, the last exit (pooled): coverage 90.2.",
+                "KD - teacher on coverage, seed by seed: -1.0, -2.0, -3.0 points (mean -2.0 points, 95% interval -4.5 to "
+                "+0.5; higher in 0 of 3 seeds): the interval includes zero: no clear difference between KD and teacher.",
+                "colored_digits: sets at miscoverage 0.1.", "LAC, KD student, the last exit (pooled): coverage 51.0."]
+    _write(tmp_path, "capstone", {"seeds": [0, 1, 2], "findings": findings}, [])
+    monkeypatch.setitem(results.HEADLINES, "capstone", ("LAC, KD student, the last exit", "KD - teacher on coverage"))
+    line = results.summary_line("capstone", folder=tmp_path)
+    assert line.endswith("waterbirds_like: LAC, KD student, the last exit (pooled): coverage 90.2. waterbirds_like: KD - "
+                         "teacher on coverage (mean -2.0 points, 95% interval -4.5 to +0.5; higher in 0 of 3 seeds): the "
+                         "interval includes zero: no clear difference between KD and teacher.")
+    monkeypatch.setitem(results.HEADLINES, "capstone", ("a sentence no run wrote",))
+    with pytest.raises(ValueError, match="no finding starts with 'a sentence no run wrote'; update kdteach.results.HEADLINES"):
+        results.summary_line("capstone", folder=tmp_path)
+
+
+def test_hintons_line_is_computed_from_its_typed_result(tmp_path):
+    (tmp_path / "hinton").mkdir()
+    result = {"headline": {"test_size": 10000, "teacher_errors": 76, "paper_errors": [67, 146, 74]},
+              "seeds": {"seeds": [0, 1, 2], "alone_errors": [168, 169, 168], "distilled_errors": [91, 95, 96]}}
+    (tmp_path / "hinton" / "hinton.json").write_text(json.dumps({"meta": {"seeds": [0, 1, 2]}, "rows": [], "result": result}))
+    line = results.summary_line("hinton", folder=tmp_path)
+    # 168.33 ± 0.58 and 94.00 ± 2.65: the sample standard deviations of the three seeds' errors.
+    assert "teacher 76, student alone 168.3 ± 0.6 (n=3), distilled student 94.0 ± 2.6 (n=3)" in line
+    assert "10,000 MNIST digits" in line and "(the paper: 67 / 146 / 74)" in line
+
+
+def test_results_readme_shows_every_table_finding_and_figure(tmp_path):
+    _write(tmp_path, "exits", {"seeds": [0, 1, 2], "wall_seconds": 60, "findings": EXITS_FINDINGS}, [{"exit": 1, "accuracy": 0.5}])
+    (tmp_path / "exits" / "exits.md").write_text("# Accuracy per exit\n")
+    (tmp_path / "exits" / "exits_more.json").write_text(json.dumps({"meta": {}, "rows": [{"policy": "threshold"}]}))
+    (tmp_path / "exits" / "curve.png").write_bytes(b"\x89PNG")
+    _write(tmp_path, "text", {"seeds": [0], "dataset": "standin"}, [{"model": "KD"}])
+    page = results.results_readme(tmp_path)
+    assert page.index("## 04 Text (`text/`)") < page.index("## 05 Early-exit networks (`exits/`)")
+    assert "**Accuracy per exit**\n\n| exit | accuracy |\n|---|---|\n| 1 | 0.5 |" in page
+    assert all(f"- {line}" in page for line in EXITS_FINDINGS)
+    assert "### exits_more (`exits/exits_more.json`)\n\n| policy |\n|---|\n| threshold |" in page
+    assert "![exits/curve.png](exits/curve.png)" in page and "No finding sentences are stored" in page
     # The wall-time table, in notebook order, from each result's provenance (60 s: "1 min 00 s").
     rows = results.wall_time_rows(tmp_path)
-    assert [r["notebook"] for r in rows] == ["05", "06"] and rows[0]["wall time"] == "1 min 00 s" and rows[0]["seeds"] == 3
-    assert "### Wall time of each full-mode run" in section and "`python -m kdteach exits --mode full`" in section
-    _write(tmp_path, "text", {"seeds": [0], "dataset": "standin"}, [])
-    assert "`python -m kdteach text --mode full --dataset standin`" in results.readme_section(tmp_path)
+    assert [r["notebook"] for r in rows] == ["04 (offline stand-in)", "05"] and rows[1]["wall time"] == "1 min 00 s"
+    assert "## Wall time of each full-mode run" in page and "`python -m kdteach text --mode full --dataset standin`" in page
+    assert results.update_results_readme(tmp_path) is True and (tmp_path / "README.md").read_text() == page
+    assert results.update_results_readme(tmp_path) is False
+    assert results.result_names(tmp_path) == ["exits", "text"]  # README.md is not taken for a result
 
 
 def test_update_readme_rewrites_only_the_generated_part(tmp_path):
-    _write(tmp_path / "results", "exits", {"seeds": [0]}, [{"exit": 1}])
+    _write(tmp_path / "results", "exits", {"seeds": [0], "findings": EXITS_FINDINGS}, [{"exit": 1}])
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{results.README_BEGIN}\nstale\n{results.README_END}\noutro\n")
     assert results.update_readme(readme, tmp_path / "results") is True
     text = readme.read_text()
-    assert text.startswith("intro\n") and text.endswith("\noutro\n") and "stale" not in text and "| exit |" in text
+    assert text.startswith("intro\n") and text.endswith("\noutro\n") and "stale" not in text and "**05 Early-exit" in text
     assert results.update_readme(readme, tmp_path / "results") is False
     readme.write_text("no markers")
     with pytest.raises(ValueError, match="no generated results section"):
@@ -57,10 +113,14 @@ def test_a_broken_result_file_is_named(tmp_path):
     assert results.load_reference("absent", folder=tmp_path) is None
 
 
-def test_the_readme_matches_the_committed_results():
-    """The README's results section is exactly what `python -m kdteach.results` generates from results/."""
-    readme = (runtime.checkout_root() / "README.md").read_text()
+def test_the_readmes_match_the_committed_results():
+    """The README's results lines and results/README.md are exactly what `python -m kdteach.results` generates."""
+    readme = (runtime.checkout_root() / "README.md").read_text(encoding="utf-8")
     assert results.readme_section() in readme, "README.md is stale: run `python -m kdteach.results`"
+    page = (results.results_dir() / "README.md").read_text(encoding="utf-8")
+    assert page == results.results_readme(), "results/README.md is stale: run `python -m kdteach.results`"
+    # Every committed result has its summary line (its HEADLINES still match its findings).
+    assert readme.count("- **0") >= len(results.result_names())
 
 
 def test_show_findings_prints_every_sentence_and_groups_by_containing(tmp_path, monkeypatch, capsys):

@@ -3,8 +3,8 @@
 The site is built with the command `make site` runs (printed by `make site-command`) into a temporary folder,
 served on 127.0.0.1 and opened in headless Debian Chromium through Playwright, as tests/test_browser.py opens
 JupyterLab. It checks what a reader of the published site sees: the landing page lists every course notebook,
-notebook 02's page shows its figures, and every notebook's link to the next one leads to that notebook's page. It
-skips, saying why, where Sphinx, Chromium or Playwright is
+notebook 02's page shows its figures, every notebook's link to the next one leads to that notebook's page, and the
+links of the introduction (the README) resolve. It skips, saying why, where Sphinx, Chromium or Playwright is
 missing.
 """
 from __future__ import annotations
@@ -173,6 +173,16 @@ def test_each_notebook_links_to_the_next_and_the_link_resolves(served: str, page
         heading = page.locator("article h1").first.inner_text()
         assert heading.startswith(following.name[:2]), f"{following.name}'s page shows {heading!r}"
     print(f"followed {len(COURSE) - 1} next-notebook links in {time.monotonic() - started:.1f} s")
+
+
+def test_the_introduction_links_resolve(served: str, page) -> None:
+    page.goto(f"{served}/README.html", wait_until="domcontentloaded")
+    local = page.eval_on_selector_all(
+        "article a[href]", "links => links.map(a => a.href).filter(h => h.startsWith(location.origin))")
+    local = sorted({href.split("#")[0] for href in local})
+    assert any(h.endswith(page_of(COURSE[-1])) for h in local), "the introduction does not link the last notebook"
+    broken = [href for href in local if status(href) != 200]
+    assert not broken, f"links of the introduction that do not resolve: {broken}"
 
 
 def test_make_site_installs_the_site_extra_and_nothing_else(tmp_path: Path) -> None:
