@@ -9,8 +9,8 @@ from torch import nn
 
 from kdteach import checks
 from kdteach.data.batches import Batch, Batches
-from kdteach.distill import autocast_context
 from kdteach.debias.dedier import student_left_as_is
+from kdteach.distill import autocast_context
 from kdteach.train import predict
 
 __all__ = [
