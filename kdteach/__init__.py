@@ -2,7 +2,7 @@
 
 Notebooks import it as `import kdteach as kd` and call kd.runtime.setup(), kd.distill.kd_loss(), kd.train.fit(), ...
 """
-from kdteach import runtime, checks, data, models, distill, train, groups, probes, debias, exits, sets, plots, widgets, report, results, experiments
+from kdteach import runtime, checks, data, models, distill, train, groups, probes, debias, exits, sets, plots, widgets, report, results, experiments, scorecard
 
 __version__ = "0.1.0"
-__all__ = ["runtime", "checks", "report", "results", "data", "models", "distill", "train", "groups", "probes", "debias", "exits", "sets", "plots", "widgets", "experiments"]
+__all__ = ["runtime", "checks", "report", "results", "data", "models", "distill", "train", "groups", "probes", "debias", "exits", "sets", "plots", "widgets", "experiments", "scorecard"]

@@ -14,6 +14,7 @@ BUILD_MARK = "# Build it:"
 MAX_CODE_LINES = 25  # longer cells are package code in the wrong place (build-it cells excepted)
 # arXiv ids each notebook must cite (Bucila et al. 2006 has none; it is cited by its KDD DOI).
 REFERENCES = {
+    "00": ["2107.07511", "2103.03098"],
     "01": ["1503.02531"],
     "02": ["1911.08731"],
     "03": ["2310.18590", "2107.09044", "1911.08731", "2203.14001"],
