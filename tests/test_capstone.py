@@ -111,7 +111,7 @@ def test_a_tiny_capstone_run(tiny_run):
         assert 0.0 <= o.avcs_feasible <= 1.0
     assert set(result.conflicting) == {1, 2}  # landbird on water, waterbird on land
     assert sum(result.test_counts) == TINY_SPURIOUS.n_test
-    assert len(report.capstone_rows(result, method="LAC")) == 1 + 3 * len(capstone.EXITS)
+    assert len(capstone.capstone_rows(result, method="LAC")) == 1 + 3 * len(capstone.EXITS)
     with pytest.raises(ValueError, match="variant"):
         capstone.train_student("DeDiER++", None, TINY_DEDIER, TINY)
 
@@ -137,7 +137,7 @@ def _constructed(seeds, kd_gap, dedier_gap):
 
 
 def test_capstone_sentences_follow_the_rule():
-    lines = report.capstone_sentences(_constructed((0, 1, 2), kd_gap=0.40, dedier_gap=0.10), alpha=0.1, methods=("LAC",))
+    lines = capstone.capstone_sentences(_constructed((0, 1, 2), kd_gap=0.40, dedier_gap=0.10), alpha=0.1, methods=("LAC",))
     text = "\n".join(lines)
     # KD: conflicting groups at 0.50-0.52 against aligned 0.95 in every seed: clearly lower.
     assert any("KD student)" in line and "the bias-conflicting groups' mean is clearly lower than the bias-aligned groups' mean" in line for line in lines)
@@ -145,10 +145,10 @@ def test_capstone_sentences_follow_the_rule():
     assert any("DeDiER, exit 1 - KD on LAC worst-group coverage at exit 1" in line and "clearly higher" in line for line in lines)
     assert "KD student - teacher on LAC worst-group coverage" in text and "-37.0" in text
     # AVCS: sizes of 1 label; accuracy weighted by the test counts: (0.9 * 40 + 0.5 * 10 + 0.5 * 10 + 0.9 * 40) / 100 = 82%.
-    avcs = "\n".join(report.capstone_sentences(_constructed((0, 1, 2), kd_gap=0.4, dedier_gap=0.1), alpha=0.1, methods=("AVCS",)))
+    avcs = "\n".join(capstone.capstone_sentences(_constructed((0, 1, 2), kd_gap=0.4, dedier_gap=0.1), alpha=0.1, methods=("AVCS",)))
     assert "mean set size per exit 1.00" in avcs and "82.0 [82.0, 82.0]" in avcs
     # At one seed the same numbers give no verdict anywhere.
-    one = "\n".join(report.capstone_sentences(_constructed((0,), kd_gap=0.40, dedier_gap=0.10), alpha=0.1, mode="smoke"))
+    one = "\n".join(capstone.capstone_sentences(_constructed((0,), kd_gap=0.40, dedier_gap=0.10), alpha=0.1, mode="smoke"))
     assert "clearly" not in one and "smoke mode" in one
 
 

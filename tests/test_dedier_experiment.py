@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from kdteach import report, train
+from kdteach import train
 from kdteach.experiments import common, dedier, spurious
 
 TINY = dataclasses.replace(
@@ -142,14 +142,14 @@ def test_a_killed_comparison_resumes_the_student_it_was_in_and_ends_with_the_sam
     resumed = dedier.compare(prep, TINY, progress=False)
     assert len(calls) == 1  # the five finished students are loaded; DeDiER resumes for its one missing epoch
     assert resumed == straight
-    assert report.dedier_summary_rows(resumed) == report.dedier_summary_rows(straight)
+    assert dedier.dedier_summary_rows(resumed) == dedier.dedier_summary_rows(straight)
 
 
 def test_jtt_empty_error_set_is_a_result_with_a_note(prep, monkeypatch):
     monkeypatch.setattr(dedier, "jtt_error_set", lambda model, batches: torch.zeros(len(prep.train), dtype=torch.bool))
     run = dedier.train_student("JTT", prep, TINY, progress=False)
     assert run.model is None and run.result.test is None and "error set is empty" in run.result.note
-    (row,) = report.dedier_summary_rows([run.result])
+    (row,) = dedier.dedier_summary_rows([run.result])
     assert row["worst-group"] == "n/a" and row["seeds"] == 0 and "error set is empty" in row["note"]
 
 

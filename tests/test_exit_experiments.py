@@ -9,7 +9,6 @@ import json
 import pytest
 import torch
 
-from kdteach import report
 from kdteach import sets as S
 from kdteach.experiments import exits as exit_experiment
 from kdteach.experiments import sets as set_experiment
@@ -41,7 +40,7 @@ def test_exits_run_writes_the_typed_result_and_reloads_every_model_from_the_cach
     model = exit_experiment.trained_exit_model(TINY_EXITS, data, distill_weight=0.0, progress=False)  # from the cache
     again = exit_experiment.measure_model("mean of exit losses", model, data, seed=0)
     assert again == result.models[0]
-    lines = report.exit_sentences(result, mode="smoke")
+    lines = exit_experiment.exit_sentences(result, mode="smoke")
     assert any("cannot decide" in line for line in lines)  # one seed: no verdict on distilled vs plain
     assert any("the same: no stage ran twice" in line for line in lines)
 
@@ -58,12 +57,12 @@ def test_sets_run_writes_both_results_and_its_seed_moves_the_calibration_splits(
     assert [p.copies for p in classification.parallel] == [1, 2]
     assert [sp.seed for sp in classification.splits] == [0, 1, 2, 3]
     # the table is the summary, and the summary is the mean of the splits
-    row = report.set_summary_rows(classification.summaries)[list(by).index("LAC")]
+    row = set_experiment.set_summary_rows(classification.summaries)[list(by).index("LAC")]
     lac = [sp.metrics[sp.methods.index("LAC")] for sp in classification.splits]
     assert row["coverage last exit"] == pytest.approx(sum(m.coverage[-1] for m in lac) / 4)
     assert set(regression.methods) == {"Bayes", "Bayes ∩", "AVCS"}
     assert regression.metrics[regression.methods.index("AVCS")].nestedness == (1.0,) * TINY_WIGGLE.depth
-    assert len(report.regression_sentences(regression, alpha=0.05, mode="smoke")) == 5
+    assert len(set_experiment.regression_sentences(regression, alpha=0.05, mode="smoke")) == 5
 
     logits, labels, _ = set_experiment.held_out_logits("smoke", progress=False)  # from the cache
     moved = set_experiment.classification_experiment(logits, labels, dataclasses.replace(TINY_SETS, splits=2, parallel=(1,)), seed=1)

@@ -78,45 +78,45 @@ def _headline(alone: int, distilled: int) -> hinton.Headline:
 
 
 def test_headline_table_and_its_one_seed_comparison():
-    rows = report.hinton_headline_rows(_headline(50, 30))
+    rows = hinton.hinton_headline_rows(_headline(50, 30))
     assert [r["test errors"] for r in rows] == [20, 50, 30]
     assert [r["paper (of 10,000)"] for r in rows] == [67, 146, 74] and all(r["out of"] == 1000 for r in rows)
     # One seed: the comparison rule gives no verdict, however large the difference.
     assert report.paired_comparison([30], [50]).verdict == "too few seeds"
-    text = " ".join(report.hinton_headline_sentences(_headline(50, 30)))
+    text = " ".join(hinton.hinton_headline_sentences(_headline(50, 30)))
     assert "-20" in text and "clearly" not in text
 
 
 def test_sweep_rows_and_best_temperature_per_width():
     sweep = hinton.TemperatureSweep(test_size=500, widths=(800, 30), temperatures=(1.0, 4.0, 20.0), errors=((40, 35, 36), (90, 60, 75)))
-    assert report.hinton_sweep_rows(sweep) == [{"hidden units": 800, "T=1": 40, "T=4": 35, "T=20": 36},
+    assert hinton.hinton_sweep_rows(sweep) == [{"hidden units": 800, "T=1": 40, "T=4": 35, "T=20": 36},
                                                {"hidden units": 30, "T=1": 90, "T=4": 60, "T=20": 75}]
-    lines = report.hinton_sweep_sentences(sweep)
+    lines = hinton.hinton_sweep_sentences(sweep)
     assert "T=4 (35 of 500)" in lines[0] and "T=4 (60 of 500)" in lines[1]
 
 
 def test_omitted_and_regularizer_sentences_carry_their_numbers():
     omitted = hinton.OmittedClass(omitted=3, shift=2.5, transfer_size=900, val_size=100, test_size=1000, test_count=101,
                                   errors=(150, 60), class_errors=(101, 20))
-    rows = report.hinton_omitted_rows(omitted)
+    rows = hinton.hinton_omitted_rows(omitted)
     assert [r["test errors"] for r in rows] == [150, 60] and [r["errors on 3s"] for r in rows] == [101, 20]
-    assert "+2.5" in " ".join(report.hinton_omitted_sentences(omitted))
+    assert "+2.5" in " ".join(hinton.hinton_omitted_sentences(omitted))
     curves = hinton.RegularizerCurves(n_train=90, hard=(0.5, 0.7, 0.6), soft=(0.4, 0.6, 0.8))
-    hard, soft = report.hinton_regularizer_sentences(curves)
+    hard, soft = hinton.hinton_regularizer_sentences(curves)
     assert "0.7000 (epoch 2)" in hard and "final 0.6000" in hard and "0.8000 (epoch 3)" in soft
 
 
 def test_seed_table_and_the_comparison_over_three_seeds():
     seeds = hinton.SeedErrors(test_size=10000, seeds=(0, 1, 2), alone_errors=(165, 166, 167), distilled_errors=(93, 91, 102))
-    rows = report.hinton_seed_rows(seeds)
+    rows = hinton.hinton_seed_rows(seeds)
     assert [r["distilled - alone"] for r in rows[:3]] == [-72, -75, -65]
     # By hand: differences -72, -75, -65 have mean -70.67 and sd 5.13; the last row says so.
     assert rows[3]["distilled - alone"].startswith("-70.7 ± 5.1") and rows[3]["student alone"].startswith("166.0 ± 1.0")
-    text = " ".join(report.hinton_seed_sentences(seeds))
+    text = " ".join(hinton.hinton_seed_sentences(seeds))
     assert "clearly lower" in text and "-70.7" in text
     # The same numbers at one seed give no verdict.
     one = hinton.SeedErrors(test_size=10000, seeds=(0,), alone_errors=(165,), distilled_errors=(93,))
-    assert "clearly" not in " ".join(report.hinton_seed_sentences(one))
+    assert "clearly" not in " ".join(hinton.hinton_seed_sentences(one))
 
 
 def test_headline_seeds_reuses_one_teacher_and_trains_each_seed(one_thread, monkeypatch):

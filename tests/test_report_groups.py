@@ -1,6 +1,6 @@
-"""The sentences of notebooks 02 and 03 (kdteach.report's spurious_*, probe_*, dedier_*) on constructed numbers: each
-comparison's verdict comes from paired_comparison (checked on the verdict, not the wording), single numbers against
-stated thresholds, and the tables' means and standard deviations by hand."""
+"""The sentences of notebooks 02 and 03 (kdteach.experiments.spurious' findings, .dedier's dedier_*) on constructed
+numbers: each comparison's verdict comes from paired_comparison (checked on the verdict, not the wording), single
+numbers against stated thresholds, and the tables' means and standard deviations by hand."""
 from __future__ import annotations
 
 import math
@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from kdteach import report
+from kdteach.experiments import dedier, spurious
 from kdteach.experiments.dedier import Setting, StudentResult
 from kdteach.experiments.spurious import MODEL_NAMES, PAIRS, StageProbe
 from kdteach.groups import GroupMetrics
@@ -44,7 +45,7 @@ def test_spurious_findings_decide_nothing_below_three_seeds(seeds, verdict):
             for s in range(seeds) for key in MODEL_NAMES]
     result = SimpleNamespace(runs=runs, config=SimpleNamespace(mode="full"),
                              per_seed=lambda key: {r.seed: r.test.worst_group for r in runs if r.model == key})
-    lines = report.spurious_findings(result)
+    lines = spurious.spurious_findings(result)
     assert len(lines) == len(PAIRS)
     c = report.paired_comparison(result.per_seed("student_kd_erm"), result.per_seed("teacher_erm"))
     assert c.verdict == verdict
@@ -52,15 +53,15 @@ def test_spurious_findings_decide_nothing_below_three_seeds(seeds, verdict):
                                                   reference=MODEL_NAMES["teacher_erm"])
     assert "clearly" not in lines[1]  # the balanced student and teacher are equal in every seed
     smoke = SimpleNamespace(runs=runs, config=SimpleNamespace(mode="smoke"), per_seed=result.per_seed)
-    assert report.spurious_findings(smoke)[0] == report.smoke_note("smoke")
+    assert spurious.spurious_findings(smoke)[0] == report.smoke_note("smoke")
 
 
 def test_probe_findings_name_the_first_stage_over_the_threshold():
     rows = [StageProbe("stem", 0.55, 0.95), StageProbe("layer1", 0.92, 0.97), StageProbe("layer2", 0.97, 0.8)]
-    (line,) = report.probe_findings({"m": rows}, threshold=0.9)
+    (line,) = spurious.probe_findings({"m": rows}, threshold=0.9)
     assert "spurious attribute reaches 90% balanced accuracy from stem on" in line
     assert "the label reaches 90% balanced accuracy from layer1 on" in line
-    (never,) = report.probe_findings({"m": rows}, threshold=0.99)
+    (never,) = spurious.probe_findings({"m": rows}, threshold=0.99)
     assert "at no stage (best 97.0% at layer2)" in never  # the label's best; the spurious attribute's is at layer1
 
 
@@ -69,11 +70,11 @@ def test_dedier_findings_pair_dedier_with_kd_and_every_baseline():
     results += [student("DeDiER", s, w, 0.88) for s, w in enumerate((0.70, 0.71, 0.69))]
     results += [student("Group DRO", s, w) for s, w in enumerate((0.80, 0.81, 0.79))]
     results += [student("ERM", s, w) for s, w in enumerate((0.60, 0.75, 0.72))]
-    lines = report.dedier_findings(results)
-    worst = report.dedier_per_seed(results)
+    lines = dedier.dedier_findings(results)
+    worst = dedier.dedier_per_seed(results)
     verdict, sentence = expected_sentence(worst["DeDiER"], worst["KD"], what="test worst-group accuracy", ours="DeDiER", reference="KD")
     assert verdict == "clearly higher" and lines[0] == sentence
-    average = report.dedier_per_seed(results, metric="average_train_weighted")
+    average = dedier.dedier_per_seed(results, metric="average_train_weighted")
     assert report.paired_comparison(average["DeDiER"], average["KD"]).verdict == "clearly lower"  # 0.88 against 0.9
     by_reference = {line.split(" on ")[0]: line for line in lines}
     assert report.paired_comparison(worst["DeDiER"], worst["Group DRO"]).verdict == "clearly lower"
@@ -86,28 +87,28 @@ def test_dedier_findings_pair_dedier_with_kd_and_every_baseline():
 
 def test_dedier_findings_say_when_dedier_and_kd_are_the_same_model():
     results = [student("KD", 0, 0.4, kept=1), student("DeDiER", 0, 0.4, kept=2), student("DeDiER", 1, 0.5), student("KD", 1, 0.45)]
-    same = [line for line in report.dedier_findings(results) if "exactly alike" in line]
+    same = [line for line in dedier.dedier_findings(results) if "exactly alike" in line]
     assert len(same) == 1 and "1 seed(s) (seed 0: epochs 2 and 1" in same[0]
-    assert report.dedier_findings(results, mode="smoke")[0] == report.smoke_note("smoke")
+    assert dedier.dedier_findings(results, mode="smoke")[0] == report.smoke_note("smoke")
 
 
 def test_dedier_ablation_findings_compare_each_setting_with_the_reference():
     results = [student("DeDiER", s, w, setting=Setting(0.05, 4.0, stage)) for stage, ws in (("layer1", (0.6, 0.62, 0.61)), ("layer2", (0.4, 0.41, 0.43)))
                for s, w in enumerate(ws)]
-    (line,) = report.dedier_ablation_findings(results, "stage", reference="layer1")
-    values = report.dedier_per_seed(results, "stage")
+    (line,) = dedier.dedier_ablation_findings(results, "stage", reference="layer1")
+    values = dedier.dedier_per_seed(results, "stage")
     verdict, sentence = expected_sentence(values["layer2"], values["layer1"], what="test worst-group accuracy",
                                           ours="DeDiER (stage layer2)", reference="DeDiER (stage layer1)")
     assert verdict == "clearly lower" and line == sentence
-    assert report.dedier_label(results[0], "alpha, beta") == "0.05, 4"
+    assert dedier.dedier_label(results[0], "alpha, beta") == "0.05, 4"
     with pytest.raises(ValueError, match="by"):
-        report.dedier_label(results[0], "temperature")
+        dedier.dedier_label(results[0], "temperature")
 
 
 def test_dedier_summary_rows_mean_and_std_by_hand():
     results = [student("KD", 0, 0.5, kept=2), student("KD", 1, 0.7, kept=3), student("KD", 2, 0.6, kept=3),
                StudentResult("d", "JTT", 0, None, None, None, 1, math.nan, note="JTT: the error set is empty. Train less.")]
-    kd, jtt = report.dedier_summary_rows(results)
+    kd, jtt = dedier.dedier_summary_rows(results)
     assert kd["worst-group"] == "60.0 ± 10.0 (n=3)" and kd["mean over groups"] == "80.0 ± 5.0 (n=3)"
     assert kd["seeds"] == 3 and kd["epochs kept"] == "2, 3, 3" and kd["note"] == ""
     assert jtt["worst-group"] == "n/a" and jtt["epochs kept"] == "-" and jtt["note"] == "JTT: the error set is empty"
@@ -119,15 +120,15 @@ def test_readout_findings_use_the_stated_lift_thresholds():
                      {"margin": 0.5, "flagged": 2.0, "precision": lift / 10, "recall": 0.4, "base_rate": 0.1, "lift": lift})
         return SimpleNamespace(stage="layer1", conflicting=(2, 0.0, 0.8), aligned=(8, 1.0, math.nan), retrieval=retrieval)
 
-    conflicting, aligned, strong = report.dedier_readout_findings(diag(6.0))
+    conflicting, aligned, strong = dedier.dedier_readout_findings(diag(6.0))
     assert "On the 2 bias-conflicting training examples, the readout at layer1 is right on 0.0%" in conflicting
     assert "0.80" in conflicting and "n/a (no errors)" in aligned
     assert "strongly enriched" in strong and "margin >= 0.50" in strong  # the highest margin that flags anything
-    assert "over 1.5x: enriched" in report.dedier_readout_findings(diag(5.0))[2]  # exactly 5 is not "over 5x"
-    assert "hardly enriched" in report.dedier_readout_findings(diag(1.2))[2]
+    assert "over 1.5x: enriched" in dedier.dedier_readout_findings(diag(5.0))[2]  # exactly 5 is not "over 5x"
+    assert "hardly enriched" in dedier.dedier_readout_findings(diag(1.2))[2]
     nothing = SimpleNamespace(stage="layer1", conflicting=(2, 1.0, math.nan), aligned=(8, 1.0, math.nan),
                               retrieval=({"margin": 0.0, "flagged": 0.0},))
-    assert "nothing to upweight" in report.dedier_readout_findings(nothing)[2]
+    assert "nothing to upweight" in dedier.dedier_readout_findings(nothing)[2]
 
 
 def test_group_metrics_rows_name_every_convention():
@@ -139,10 +140,10 @@ def test_group_metrics_rows_name_every_convention():
 def test_the_method_table_says_which_group_labels_each_method_uses():
     # "Needs no group labels" holds in training only: every method keeps its epoch by validation group accuracy.
     results = [student(m, 0, 0.5) for m in ("ERM", "KD", "JTT", "Group DRO", "SimKD-style", "DeDiER")]
-    used = {row["method"]: row["group labels"] for row in report.dedier_summary_rows(results)}
+    used = {row["method"]: row["group labels"] for row in dedier.dedier_summary_rows(results)}
     assert used.pop("Group DRO") == "train + val"
     assert set(used.values()) == {"val (epoch choice)"} and len(used) == 5
-    (row,) = report.dedier_summary_rows([student("DeDiER", 0, 0.5, setting=Setting(0.05, 4.0, "layer2"))], by="stage")
+    (row,) = dedier.dedier_summary_rows([student("DeDiER", 0, 0.5, setting=Setting(0.05, 4.0, "layer2"))], by="stage")
     assert row["stage"] == "layer2" and row["group labels"] == "val (epoch choice)"  # an ablation row is DeDiER too
-    lines = report.dedier_findings(results)
+    lines = dedier.dedier_findings(results)
     assert any("none in training" in line and "validation" in line for line in lines)

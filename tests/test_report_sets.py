@@ -1,4 +1,4 @@
-"""report.py's sentences about early exits and prediction sets: the words follow paired_comparison's verdict (or a
+"""The sentences about early exits and prediction sets (kdteach.experiments.exits and .sets): the words follow paired_comparison's verdict (or a
 stated threshold), checked on constructed typed results, not on their wording alone."""
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import pytest
 from kdteach import report
 from kdteach import sets as S
 from kdteach.exits import EarlyExitRun, PolicyPoint
+from kdteach.experiments import exits as exit_experiment
+from kdteach.experiments import sets as set_experiment
 from kdteach.experiments.exits import ExitResult, ExitsResult, ModelResult
 from kdteach.experiments.sets import ClassificationResult, ParallelResult, RegressionResult, SplitResult
 
@@ -41,16 +43,16 @@ def verdict_words(lines: list[str], name: str = "distilled - plain on exit 1") -
     ([0.02, -0.02, 0.01], "no clear difference"),
 ])
 def test_distilled_vs_plain_is_worded_by_the_paired_verdict(differences, expected):
-    line = verdict_words(report.exit_sentences(exits_result(differences)))
+    line = verdict_words(exit_experiment.exit_sentences(exits_result(differences)))
     assert expected in line
     assert ("clearly" in line) == (expected.startswith("clearly"))
 
 
 def test_early_exit_sentence_says_whether_spent_matches_ideal():
-    assert any("the same: no stage ran twice" in line for line in report.exit_sentences(exits_result([0.0])))
-    more = report.exit_sentences(exits_result([0.0], spent=2600.0))
+    assert any("the same: no stage ran twice" in line for line in exit_experiment.exit_sentences(exits_result([0.0])))
+    more = exit_experiment.exit_sentences(exits_result([0.0], spent=2600.0))
     assert any("600 MACs were spent beyond it" in line for line in more)
-    assert report.exit_sentences(exits_result([0.0]), mode="smoke")[-1] == report.smoke_note("smoke")
+    assert exit_experiment.exit_sentences(exits_result([0.0]), mode="smoke")[-1] == report.smoke_note("smoke")
 
 
 def metrics(all_exit: float, size: float, returning: float) -> S.SetMetrics:
@@ -72,8 +74,8 @@ def classification(avcs_coverage: list[float], size_gap: list[float], u_gap: lis
 
 def test_avcs_coverage_is_worded_against_the_stated_target_and_never_holds():
     rng = np.random.default_rng(0)
-    above = report.set_sentences(classification(list(0.96 + 0.005 * rng.standard_normal(20)), [0.1] * 20, [0.0] * 20))
-    below = report.set_sentences(classification(list(0.93 + 0.005 * rng.standard_normal(20)), [0.1] * 20, [0.0] * 20))
+    above = set_experiment.set_sentences(classification(list(0.96 + 0.005 * rng.standard_normal(20)), [0.1] * 20, [0.0] * 20))
+    below = set_experiment.set_sentences(classification(list(0.93 + 0.005 * rng.standard_normal(20)), [0.1] * 20, [0.0] * 20))
     line_above, line_below = (next(l for l in lines if l.startswith("AVCS, threshold")) for lines in (above, below))
     assert "reaching the target 95%" in line_above and "short of the target 95%" in line_below
     assert not any(re.search(r"\bholds?\b", line) for line in above + below)
@@ -82,28 +84,28 @@ def test_avcs_coverage_is_worded_against_the_stated_target_and_never_holds():
 
 def test_method_differences_over_splits_go_through_the_paired_verdict():
     rng = np.random.default_rng(1)
-    clear = report.set_sentences(classification([0.96] * 30, list(0.2 + 0.02 * rng.standard_normal(30)), list(0.05 + 0.01 * rng.standard_normal(30))))
+    clear = set_experiment.set_sentences(classification([0.96] * 30, list(0.2 + 0.02 * rng.standard_normal(30)), list(0.05 + 0.01 * rng.standard_normal(30))))
     assert "AVCS is clearly above per-exit RAPS" in next(l for l in clear if l.startswith("AVCS - per-exit RAPS"))
     assert "clearly above RAPS with one u shared" in next(l for l in clear if l.startswith("RAPS with a fresh u"))
-    noise = report.set_sentences(classification([0.96] * 30, [0.1, -0.1] * 15, [0.01, -0.01] * 15))  # mean differences 0
+    noise = set_experiment.set_sentences(classification([0.96] * 30, [0.1, -0.1] * 15, [0.01, -0.01] * 15))  # mean differences 0
     assert "no clear difference" in next(l for l in noise if l.startswith("AVCS - per-exit RAPS"))
     assert "no clear difference" in next(l for l in noise if l.startswith("RAPS with a fresh u"))
-    few = report.set_sentences(classification([0.96] * 2, [0.3, 0.3], [0.1, 0.1]))
+    few = set_experiment.set_sentences(classification([0.96] * 2, [0.3, 0.3], [0.1, 0.1]))
     assert "2 split(s) cannot decide" in next(l for l in few if l.startswith("AVCS - per-exit RAPS"))
 
 
 def test_infeasible_avcs_thresholds_are_reported():
-    lines = report.set_sentences(classification([0.93] * 5, [0.1] * 5, [0.0] * 5, feasible=False))
+    lines = set_experiment.set_sentences(classification([0.93] * 5, [0.1] * 5, [0.0] * 5, feasible=False))
     assert any(line.startswith("In 5 of 5 splits not even the smallest candidate tau") for line in lines)
-    assert not any(line.startswith("In ") for line in report.set_sentences(classification([0.96] * 5, [0.1] * 5, [0.0] * 5)))
+    assert not any(line.startswith("In ") for line in set_experiment.set_sentences(classification([0.96] * 5, [0.1] * 5, [0.0] * 5)))
 
 
 def test_regression_sentences_compare_with_the_stated_target():
     good, bad = metrics(0.97, 2.0, 0.0), metrics(0.90, 1.0, 0.3)
     result = RegressionResult(("Bayes", "Bayes ∩", "AVCS"), (good, bad, good), (0.0, 0.0, 0.1), (0.0, 0.0, 0.8))
-    lines = report.regression_sentences(result, alpha=0.05)
+    lines = set_experiment.regression_sentences(result, alpha=0.05)
     assert "keeps 90.0% of test targets to the last exit (below 95%)" in lines[1]
     assert "97.0% at every exit (not below 95%)" in lines[2]
     assert "empty for 80% of grid points" in lines[3]
-    rows = report.regression_rows(result)
+    rows = set_experiment.regression_rows(result)
     assert rows[2]["empty, last exit, outside training range"] == 0.8 and rows[1]["covered at every exit"] == 0.9

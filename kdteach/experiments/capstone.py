@@ -13,7 +13,8 @@ teacher three ways, every seed from the same initial weights (a paired compariso
 Every student keeps its last epoch (no epoch selection, so no validation group label is used). On the test split,
 per exit and per group: accuracy, and for split-conformal LAC and RAPS sets and AVCS sets, the coverage, size, empty
 rate and nestedness, each calibrated on random calibration splits of the test set (as notebook 06 does), averaged
-over the splits. The teacher's sets (one exit) are measured on the same splits.
+over the splits. The teacher's sets (one exit) are measured on the same splits. capstone_rows, capstone_accuracy_rows
+and capstone_sentences present a DatasetResult, every comparison through kdteach.report's one rule.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import time
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -32,6 +34,8 @@ from kdteach.exits import MultiExit, exit_logits
 from kdteach.experiments import common, dedier
 from kdteach.groups import group_metrics
 from kdteach.models.resnet import resnet_cifar
+from kdteach.plots.sets import plot_group_coverage
+from kdteach.report import comparison_sentence, mean_interval, mean_std, paired_comparison, smoke_note
 from kdteach.sets import MethodSummary, calibration_split, method_sets, set_metrics, summarize_splits
 from kdteach.train import predict
 
@@ -268,31 +272,166 @@ class CapstoneResult:
     seconds: float
 
 
+# Tables and sentences: coverage per exit and group, in tables and in sentences chosen by paired_comparison.
+
+
+def _capstone_value(result: DatasetResult, model: str, method: str, metric: str, exit_index: int, group: int | None) -> dict[int, float]:
+    # {seed: value} of one model's set metric at one exit, for one group (None: every example). A teacher has one
+    # exit, which stands for every exit index.
+    values = {}
+    for o in result.outcomes:
+        if o.model == model:
+            sets = o.marginal[method] if group is None else o.by_group[method][group]
+            series = getattr(sets, metric)
+            values[o.seed] = float(series[min(exit_index, len(series) - 1)])
+    return values
+
+
+def _capstone_reduce(result: DatasetResult, model: str, method: str, metric: str, exit_index: int, groups: Sequence[int], how: str) -> dict[int, float]:
+    per_group = [_capstone_value(result, model, method, metric, exit_index, g) for g in groups]
+    pick = min if how == "min" else (lambda v: sum(v) / len(v))
+    return {seed: pick([values[seed] for values in per_group]) for seed in per_group[0]}
+
+
+def _capstone_models(result: DatasetResult) -> list[tuple[str, int]]:
+    # (model, exit index) rows: the teacher's one exit, then every exit of each student variant.
+    students = list(dict.fromkeys(o.model for o in result.outcomes if o.model != "teacher"))
+    return [("teacher", 0)] + [(m, e) for m in students for e in range(len(result.exits))]
+
+
+def capstone_rows(result: DatasetResult, *, method: str, metric: str = "coverage") -> list[dict[str, Any]]:
+    """One row per model and exit: a set metric of one method per group, marginal and worst group, as mean [95%
+    interval] over seeds (coverage and empty rate in %).
+
+    Args:
+        result: a DatasetResult.
+        method: "LAC", "RAPS" or "AVCS".
+        metric: "coverage", "size", "empty_rate" or "nestedness".
+
+    Returns:
+        Rows: dataset, sets, model, exit, one column per group, "every example", "worst group".
+    """
+    scale = 100.0 if metric in ("coverage", "empty_rate") else 1.0
+    digits = 1 if scale == 100.0 else 3
+    rows = []
+    for model, e in _capstone_models(result):
+        row: dict[str, Any] = {"dataset": result.dataset, "sets": method, "model": model,
+                               "exit": "its one exit" if model == "teacher" else f"{e + 1} ({result.exits[e]})"}
+        for g, name in enumerate(result.group_names):
+            row[name] = mean_interval(list(_capstone_value(result, model, method, metric, e, g).values()), scale=scale, digits=digits)
+        row["every example"] = mean_interval(list(_capstone_value(result, model, method, metric, e, None).values()), scale=scale, digits=digits)
+        if metric == "coverage":
+            worst = _capstone_reduce(result, model, method, metric, e, range(len(result.group_names)), "min")
+            row["worst group"] = mean_interval(list(worst.values()), scale=scale, digits=digits)
+        rows.append(row)
+    return rows
+
+
+def capstone_accuracy_rows(result: DatasetResult) -> list[dict[str, Any]]:
+    """One row per model and exit: test accuracy per group and worst group, mean [95% interval] over seeds (%)."""
+    rows = []
+    for model, e in _capstone_models(result):
+        mine = [o for o in result.outcomes if o.model == model]
+        if model == "teacher":
+            mine = mine[:1]  # the same teacher at every seed: one value
+        row: dict[str, Any] = {"dataset": result.dataset, "model": model, "exit": "its one exit" if model == "teacher" else f"{e + 1} ({result.exits[e]})"}
+        for g, name in enumerate(result.group_names):
+            row[name] = mean_interval([o.accuracy[min(e, len(o.accuracy) - 1)][g] for o in mine], scale=100.0)
+        row["worst group"] = mean_interval([min(o.accuracy[min(e, len(o.accuracy) - 1)]) for o in mine], scale=100.0)
+        rows.append(row)
+    return rows
+
+
+def capstone_sentences(result: DatasetResult, *, alpha: float, mode: str = "full", methods: Sequence[str] = ("AVCS", "LAC")) -> list[str]:
+    """The capstone's findings on one dataset, each from paired_comparison over the student seeds.
+
+    Per set method: the KD student's marginal and worst-group coverage at the first and last exit against the target;
+    for every student, bias-conflicting against bias-aligned groups at exit 1; the KD student (last exit) against its teacher;
+    each DeDiER variant against KD on worst-group coverage (exit 1 and the last) and on the conflicting groups' set
+    size at exit 1; then DeDiER against KD on worst-group accuracy at the last exit.
+
+    Args:
+        result: a DatasetResult.
+        alpha: the sets' miscoverage (the target is 1 - alpha).
+        mode: "smoke" adds the smoke note.
+        methods: the set methods to word.
+
+    Returns:
+        The sentences.
+    """
+    r, groups, last = result, range(len(result.group_names)), len(result.exits) - 1
+    conflicting = list(r.conflicting)
+    aligned = [g for g in groups if g not in r.conflicting]
+    students = list(dict.fromkeys(o.model for o in r.outcomes if o.model != "teacher"))
+    kd, dedier_variants = students[0], students[1:]
+    where = {0: f"exit 1 ({r.exits[0]})", last: f"the last exit ({r.exits[last]})"}
+    lines = [f"{r.dataset}: sets at miscoverage {alpha:g} (target coverage {100 * (1 - alpha):.0f}%), calibrated on random splits of "
+             f"the test set; bias-conflicting groups: {', '.join(repr(r.group_names[g]) for g in conflicting)}; seeds {list(r.seeds)}."]
+    for method in methods:
+        for e in (0, last):
+            marginal = list(_capstone_value(r, kd, method, "coverage", e, None).values())
+            worst = list(_capstone_reduce(r, kd, method, "coverage", e, groups, "min").values())
+            lines.append(f"{method}, {kd} student, {where[e]}: coverage (%) of every example {mean_interval(marginal, scale=100.0)}, "
+                         f"of its worst group {mean_interval(worst, scale=100.0)}.")
+        if method == "AVCS":
+            size = [mean_interval(list(_capstone_value(r, kd, method, "size", e, None).values()), digits=2) for e in range(last + 1)]
+            accuracy = mean_interval([sum(o.accuracy[0][g] * n for g, n in enumerate(r.test_counts)) / sum(r.test_counts)
+                                      for o in r.outcomes if o.model == kd], scale=100.0)
+            lines.append(f"AVCS, {kd} student: mean set size per exit {', '.join(size)} labels; its test accuracy at {where[0]} "
+                         f"{accuracy}% (a set of at most one label covers only where the prediction is right).")
+            share = {m: mean_std([o.avcs_feasible for o in r.outcomes if o.model == m], scale=100.0, digits=0) for m in ["teacher", *students]}
+            lines.append("AVCS's threshold rule reached its rank (coverage guaranteed) on this % of calibration splits: "
+                         + "; ".join(f"{m} {v}" for m, v in share.items()) + ". Where it does not, no candidate threshold can: the "
+                         "sets keep only labels whose logit reaches tau > 0, so a label the model is confidently wrong about (a negative "
+                         "logit) is never in them.")
+        for model in students:
+            c = paired_comparison(_capstone_reduce(r, model, method, "coverage", 0, conflicting, "mean"),
+                                  _capstone_reduce(r, model, method, "coverage", 0, aligned, "mean"))
+            lines.append(comparison_sentence(c, what=f"{method} coverage at {where[0]} ({model} student)",
+                                             ours="the bias-conflicting groups' mean", reference="the bias-aligned groups' mean"))
+        c = paired_comparison(_capstone_reduce(r, kd, method, "coverage", last, groups, "min"),
+                              _capstone_reduce(r, "teacher", method, "coverage", 0, groups, "min"))
+        lines.append(comparison_sentence(c, what=f"{method} worst-group coverage ({where[last]} against the teacher's one exit, same splits)",
+                                         ours=f"{kd} student", reference="teacher"))
+        for model in dedier_variants:
+            for e in (0, last):
+                c = paired_comparison(_capstone_reduce(r, model, method, "coverage", e, groups, "min"),
+                                      _capstone_reduce(r, kd, method, "coverage", e, groups, "min"))
+                lines.append(comparison_sentence(c, what=f"{method} worst-group coverage at {where[e]}", ours=model, reference=kd))
+            c = paired_comparison(_capstone_reduce(r, model, method, "size", 0, conflicting, "mean"),
+                                  _capstone_reduce(r, kd, method, "size", 0, conflicting, "mean"))
+            lines.append(comparison_sentence(c, what=f"{method} set size of the bias-conflicting groups at {where[0]}", ours=model,
+                                             reference=kd, scale=1.0, unit=" labels"))
+    for model in dedier_variants:
+        worst = {m: {o.seed: min(o.accuracy[last]) for o in r.outcomes if o.model == m} for m in (model, kd)}
+        lines.append(comparison_sentence(paired_comparison(worst[model], worst[kd]), what=f"worst-group accuracy at {where[last]}",
+                                         ours=model, reference=kd))
+    return lines + ([smoke_note(mode)] if mode == "smoke" else [])
+
+
 def run(mode: str = "smoke", out: str | Path | None = None, *, seed: int = 0, progress: bool = True) -> CapstoneResult:
     """`python -m kdteach capstone`: notebook 07 headless, its tables, findings and figure written to out (None:
     nothing written); `seed` is added to every student seed."""
-    from kdteach.plots.sets import plot_group_coverage
-
     base = config(mode)
     cfg = replace(base, seeds=tuple(s + seed for s in base.seeds), few_seeds=tuple(s + seed for s in base.few_seeds))
     device = runtime.setup(seed, verbose=False, run_mode=mode)
     started = time.perf_counter()
     results = tuple(run_dataset(name, cfg, device, progress=progress) for name in cfg.datasets)
     result = CapstoneResult(cfg, results, time.perf_counter() - started)
-    lines = [line for r in results for line in report.capstone_sentences(r, alpha=cfg.alpha, mode=mode)]
+    lines = [line for r in results for line in capstone_sentences(r, alpha=cfg.alpha, mode=mode)]
     print("\n".join(lines))
     if out is not None:
         meta = {"mode": mode, **report.provenance(config=cfg, seeds=cfg.seeds, wall_seconds=result.seconds, device=str(device)),
                 "recipe": report.to_jsonable(dedier.config(mode)), "findings": lines}
         figures = {f"coverage_{r.dataset}": plot_group_coverage(r, alpha=cfg.alpha) for r in results}
-        rows = [row for r in results for row in report.capstone_rows(r, method="AVCS") + report.capstone_rows(r, method="LAC")]
+        rows = [row for r in results for row in capstone_rows(r, method="AVCS") + capstone_rows(r, method="LAC")]
         report.write_report(out, "capstone", rows=rows, meta=meta, figures=figures, result=result,
                             title="Coverage per exit and group (%, mean and 95% interval over seeds): KD and DeDiER students, and the teacher")
-        sizes = [row for r in results for row in report.capstone_rows(r, method="LAC", metric="size") + report.capstone_rows(r, method="AVCS", metric="size")
-                 + report.capstone_rows(r, method="AVCS", metric="empty_rate")]
+        sizes = [row for r in results for row in capstone_rows(r, method="LAC", metric="size") + capstone_rows(r, method="AVCS", metric="size")
+                 + capstone_rows(r, method="AVCS", metric="empty_rate")]
         report.write_report(out, "capstone_sizes", rows=sizes, meta=meta,
                             title="Mean set size per exit and group (labels; empty = 0), and AVCS's empty rate (%)")
         for r in results:
-            report.write_report(out, f"capstone_accuracy_{r.dataset}", rows=report.capstone_accuracy_rows(r), meta=meta,
+            report.write_report(out, f"capstone_accuracy_{r.dataset}", rows=capstone_accuracy_rows(r), meta=meta,
                                 title=f"Test accuracy per exit and group ({r.dataset}, %)")
     return result

@@ -3,10 +3,12 @@
 prepare() loads a dataset and its debiased teacher; train_student() trains (or reloads) one student by one method
 (BUILDERS), keeps its epoch on VALIDATION mean-over-groups accuracy (as notebook 02 and the official code), scores
 it on test; readout_diagnostics() asks whether the readout's confident errors are the minority groups; compare()
-and ablation() give typed StudentResults (worded by kdteach.report's dedier_*); run() does it all headless.
+and ablation() give typed StudentResults, worded below (dedier_summary_rows, dedier_findings, dedier_sentences, ...)
+through kdteach.report's one comparison rule; run() does it all headless.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +26,8 @@ from kdteach.distill import KDLoss, cache_teacher_logits
 from kdteach.experiments import common, spurious
 from kdteach.groups import GroupMetrics
 from kdteach.models.resnet import resnet18, resnet50, resnet_cifar
+from kdteach.plots.debias import plot_margin_histograms
+from kdteach.report import comparison_sentence, mean_std, paired_comparison, paired_findings, smoke_note
 from kdteach.train import cross_entropy_loss
 
 METHODS = ("ERM", "KD", "JTT", "Group DRO", "SimKD-style", "DeDiER")
@@ -374,11 +378,124 @@ class DeDiERResult:
     seconds: float
 
 
+# Tables and sentences. A difference between two methods or settings is decided by paired_comparison over seeds; a
+# single number against a fixed target names the target.
+
+
+def dedier_label(result: StudentResult, by: str = "method") -> str:
+    """What names a StudentResult in a table: its method, or its DeDiER setting's "alpha, beta", stage or variant."""
+    if by == "method":
+        return result.method
+    setting = result.setting
+    labels = {"alpha, beta": lambda: f"{setting.alpha:g}, {setting.beta:g}", "stage": lambda: setting.stage, "variant": lambda: setting.variant}
+    if by not in labels:
+        raise ValueError(f"by must be 'method' or one of {tuple(labels)}, got {by!r}")
+    return labels[by]()
+
+
+def dedier_per_seed(results: Sequence[StudentResult], by: str = "method", metric: str = "worst_group") -> dict[str, dict[int, float]]:
+    """label -> {seed: a GroupMetrics field} of StudentResults (students without a test score are left out)."""
+    values: dict[str, dict[int, float]] = {}
+    for r in results:
+        if r.test is not None:
+            values.setdefault(dedier_label(r, by), {})[r.seed] = float(getattr(r.test, metric))
+    return values
+
+
+# Where notebook 03's methods read group labels: Group DRO in training; every method, Group DRO included, on validation,
+# where the labelled groups pick the epoch kept (common.selection_metrics). "Needs no group labels" means in training.
+GROUP_LABELS_IN_TRAINING = ("Group DRO",)
+
+
+def dedier_group_labels(method: str) -> str:
+    """Which group labels a method of notebook 03 uses: "train + val" (Group DRO) or "val (epoch choice)"."""
+    return "train + val" if method in GROUP_LABELS_IN_TRAINING else "val (epoch choice)"
+
+
+def dedier_summary_rows(results: Sequence[StudentResult], *, by: str = "method") -> list[dict[str, Any]]:
+    """One row per label (method or setting) of StudentResults: seeds, the group labels it uses, worst-group,
+    mean over groups (the selection metric's convention) and train-weighted average as mean ± std (%), the epochs
+    kept, and notes."""
+    labels = list(dict.fromkeys(dedier_label(r, by) for r in results))
+    rows = []
+    for label in labels:
+        mine = [r for r in results if dedier_label(r, by) == label]
+        scored = [r.test for r in mine if r.test is not None]
+        rows.append({"dataset": mine[0].dataset, by: label, "seeds": len(scored), "group labels": dedier_group_labels(mine[0].method),
+                     "worst-group": mean_std([t.worst_group for t in scored], scale=100),
+                     "mean over groups": mean_std([t.mean_over_groups for t in scored], scale=100),
+                     "average (train-weighted)": mean_std([t.average_train_weighted for t in scored], scale=100),
+                     "epochs kept": ", ".join(str(r.epoch_kept) if r.epoch_kept else "-" for r in mine),
+                     "note": "; ".join(sorted({r.note.split(". ")[0] for r in mine if r.note}))})
+    return rows
+
+
+def dedier_findings(results: Sequence[StudentResult], *, mode: str = "full") -> list[str]:
+    """The findings of one dataset's comparison (compare()): DeDiER against KD on worst-group and average accuracy,
+    then against every other method on worst-group accuracy, all paired over seeds; seeds where DeDiER and KD score
+    exactly alike are named; the methods' notes."""
+    lines = [smoke_note(mode)] if mode == "smoke" else []
+    worst, average = dedier_per_seed(results), dedier_per_seed(results, metric="average_train_weighted")
+    if "DeDiER" in worst and "KD" in worst:
+        lines.append(comparison_sentence(paired_comparison(worst["DeDiER"], worst["KD"]), what="test worst-group accuracy", ours="DeDiER", reference="KD"))
+        lines.append(comparison_sentence(paired_comparison(average["DeDiER"], average["KD"]), what="test average accuracy (train-weighted)",
+                                         ours="DeDiER", reference="KD"))
+        by_seed = {(r.method, r.seed): r for r in results if r.method in ("DeDiER", "KD") and r.test is not None}
+        same = [s for s in worst["DeDiER"] if ("KD", s) in by_seed and by_seed["DeDiER", s].test == by_seed["KD", s].test]
+        if same:
+            kept = ", ".join(f"seed {s}: epochs {by_seed['DeDiER', s].epoch_kept} and {by_seed['KD', s].epoch_kept}" for s in same)
+            lines.append(f"DeDiER and KD score exactly alike on every test group in {len(same)} seed(s) ({kept} kept): in those seeds "
+                         "the comparison cannot tell the two methods apart.")
+    lines += paired_findings(worst, [("DeDiER", m) for m in worst if m not in ("DeDiER", "KD")], what="test worst-group accuracy")
+    if "Group DRO" in worst:
+        lines.append("Group DRO uses the group label of every training example; the other methods use none in training. Every "
+                     "method, Group DRO included, uses the validation examples' group labels to choose the epoch it keeps.")
+    return lines + [f"{r.method} (seed {r.seed}): {r.note}" for r in results if r.note]
+
+
+def dedier_ablation_findings(results: Sequence[StudentResult], by: str, *, reference: str) -> list[str]:
+    """Every setting of an ablation (ablation()) against the reference setting, on test worst-group accuracy, paired."""
+    values = dedier_per_seed(results, by)
+    return paired_findings(values, [(label, reference) for label in values if label != reference], what="test worst-group accuracy",
+                           names={label: f"DeDiER ({by} {label})" for label in values})
+
+
+def dedier_readout_findings(diag: ReadoutDiagnosis, *, strong: float = 5.0, some: float = 1.5) -> list[str]:
+    """What one readout diagnosis (kdteach.debias.ReadoutDiagnosis) shows: its accuracy on bias-conflicting against
+    bias-aligned examples, and how enriched in the minority groups its most confident errors are (lift over the base
+    rate against the stated thresholds). One readout of one seed: a description, not a comparison."""
+    lines = []
+    for name, (n, accuracy, margin) in (("bias-conflicting", diag.conflicting), ("bias-aligned", diag.aligned)):
+        margin_words = "n/a (no errors)" if math.isnan(margin) else f"{margin:.2f}"
+        lines.append(f"On the {n} {name} training examples, the readout at {diag.stage} is right on {accuracy:.1%}; "
+                     f"the mean margin of its errors there is {margin_words}.")
+    flagged = [r for r in diag.retrieval if r["flagged"] > 0]
+    if not flagged:
+        return lines + ["The readout makes no error at any margin threshold, so there is nothing to upweight."]
+    top = max(flagged, key=lambda r: r["margin"])
+    words = f"over {strong:g}x: strongly enriched" if top["lift"] > strong else f"over {some:g}x: enriched" if top["lift"] > some else f"at most {some:g}x: hardly enriched"
+    return lines + [f"Errors with margin >= {top['margin']:.2f}: precision {top['precision']:.1%} for the minority groups against a base "
+                    f"rate of {top['base_rate']:.1%} (lift {top['lift']:.1f}x, {words}), recall {top['recall']:.1%}."]
+
+
+def dedier_sentences(result: DeDiERResult, *, mode: str = "full") -> list[str]:
+    """Every sentence about a DeDiERResult, each led by its dataset (and ablation): per dataset the teacher, the
+    readout and the comparison; then the ablations (on waterbirds_like)."""
+    lines, cfg = [], result.config
+    for dataset, results in result.comparisons.items():
+        teacher = result.teachers[dataset]
+        lines.append(f"{dataset}: the teacher's test worst-group accuracy is {teacher.worst_group:.1%}, its average (train-weighted) "
+                     f"{teacher.average_train_weighted:.1%}.")
+        lines += [f"{dataset}: {line}" for line in dedier_readout_findings(result.readouts[dataset]) + dedier_findings(results, mode=mode)]
+    references = {"alpha, beta": f"{cfg.alpha:g}, {cfg.beta:g}", "stage": cfg.readout_stage, "variant": "as in the paper"}
+    for by, results in result.ablations.items():
+        lines += [f"waterbirds_like, by {by}: {line}" for line in dedier_ablation_findings(results, by, reference=references[by])]
+    return lines
+
+
 def run(mode: str = "smoke", out: str | Path | None = None, *, seed: int = 0, progress: bool = True) -> DeDiERResult:
     """`python -m kdteach dedier`: notebook 03's experiments in a mode ("smoke" or "full"), with their tables,
     findings and figures written to out (None: nothing written); `seed` is added to every student seed."""
-    from kdteach.plots.debias import plot_margin_histograms
-
     base = config(mode)
     cfg = replace(base, seeds=tuple(s + seed for s in base.seeds), few_seeds=tuple(s + seed for s in base.few_seeds))
     device = runtime.setup(seed, verbose=False, run_mode=mode)
@@ -395,16 +512,16 @@ def run(mode: str = "smoke", out: str | Path | None = None, *, seed: int = 0, pr
         if dataset == "waterbirds_like":
             ablations = {by: ablation(prep, cfg, by, progress=progress) for by in ABLATIONS}
     result = DeDiERResult(cfg, comparisons, teachers, readouts, ablations, time.perf_counter() - started)
-    lines = report.dedier_sentences(result, mode=mode)
+    lines = dedier_sentences(result, mode=mode)
     print("\n".join(lines))
     if out is not None:
         meta = {"mode": mode, **report.provenance(config=cfg, seeds=cfg.seeds, wall_seconds=result.seconds, device=str(device)),
                 "selection": f"{cfg.select} on validation; DeDiER among epochs from {cfg.start_after + 1} on (ties: the later epoch)",
                 "findings": lines}
-        rows = [row for results in comparisons.values() for row in report.dedier_summary_rows(results)]
+        rows = [row for results in comparisons.values() for row in dedier_summary_rows(results)]
         report.write_report(out, "dedier", rows=rows, meta=meta, figures=figures, result=result,
                             title="ERM, KD, JTT, Group DRO, SimKD-style and DeDiER: test worst-group and average accuracy (%)")
         for by, results in ablations.items():
-            report.write_report(out, f"dedier_by_{by.replace(', ', '_')}", rows=report.dedier_summary_rows(results, by=by), meta=meta,
+            report.write_report(out, f"dedier_by_{by.replace(', ', '_')}", rows=dedier_summary_rows(results, by=by), meta=meta,
                                 title=f"DeDiER on waterbirds_like, by {by}")
     return result

@@ -5,22 +5,27 @@ exit losses, optionally distilling the last exit into the earlier ones (every mo
 so a rerun and notebook 06 reload it). Per model and seed: accuracy, calibration error, MACs and parameters per
 exit and the confidence-threshold policy, all read from one full pass (simulated exits); then the real early-exit
 path (kd.exits.measure_early_exit), checked against the simulated one, with its MACs counted and its time measured.
+exit_sentences words an ExitsResult through kdteach.report's one comparison rule.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kdteach import report, runtime
 from kdteach.data.mnist import DigitSplits, load_digit_splits
-from kdteach.exits import (EarlyExitRun, MultiExit, MultiExitLoss, PolicyPoint, calibration_error, exit_accuracy, exit_costs,
+from kdteach.exits import (ECE_BINS, EarlyExitRun, MultiExit, MultiExitLoss, PolicyPoint, calibration_error, exit_accuracy, exit_costs,
                            exit_logits, measure_early_exit, threshold_curve)
 from kdteach.experiments import common
 from kdteach.models.resnet import CifarResNet
+from kdteach.plots.sets import plot_accuracy_vs_compute
+from kdteach.report import comparison_sentence, paired_comparison, smoke_note
 
 EXITS = ("stem", "layer1", "layer2", "pooled")
 MODELS = (("mean of exit losses", 0.0), ("+ exit distillation", 0.5))  # (name, distill_weight)
@@ -146,15 +151,70 @@ def experiment(cfg: ExitConfig, data: DigitSplits, *, seeds: tuple[int, ...] | N
     return ExitsResult(data.source, tuple(results), early), first
 
 
+# The findings, chosen by paired_comparison's verdict or by a plain threshold stated in the sentence.
+
+
+def exit_sentences(result: ExitsResult, *, mode: str = "full", match_points: float = 0.5) -> list[str]:
+    """The findings of notebook 05, from an ExitsResult.
+
+    Exit-vs-exit and distilled-vs-plain differences go through paired_comparison over the training seeds; the
+    threshold policy is compared with the last exit by a stated margin; the early-exit path's spent MACs are set
+    beside the ideal count.
+
+    Args:
+        result: the ExitsResult (models: per model and seed, exits with accuracy, ece, macs; policy; early_exit).
+        mode: "smoke" adds the smoke-mode note.
+        match_points: how close (in accuracy points) the policy must come to the last exit to count as matching it.
+
+    Returns:
+        The sentences.
+    """
+    names = list(dict.fromkeys(m.model for m in result.models))
+    by_name = {name: [m for m in result.models if m.model == name] for name in names}
+    ref = by_name[names[0]]
+    first, exits = ref[0], len(ref[0].exits)
+    acc0, acc_last, macs = first.exits[0].accuracy, first.exits[-1].accuracy, [e.macs for e in first.exits]
+    lines = [f"{names[0]} (seed {first.seed}): exit 1 costs {macs[0] / macs[-1]:.1%} of the last exit's multiply-accumulates "
+             f"and is right on {acc0:.1%} of the test digits; the last exit on {acc_last:.1%}."]
+    mean_accuracy = [float(np.mean([m.exits[t].accuracy for m in ref])) for t in range(exits)]
+    best = int(np.argmax(mean_accuracy))
+    if best == exits - 1:
+        lines.append(f"The last exit has the highest accuracy ({mean_accuracy[-1]:.1%}, mean over {len(ref)} seed(s)).")
+    else:
+        c = paired_comparison({m.seed: m.exits[best].accuracy for m in ref}, {m.seed: m.exits[-1].accuracy for m in ref})
+        lines.append(comparison_sentence(c, what="test accuracy", ours=f"exit {best + 1}", reference="the last exit"))
+    ece = [e.ece for e in first.exits]
+    lines.append(f"ECE ({ECE_BINS} equal-width bins) ranges from {min(ece):.1%} to {max(ece):.1%} "
+                 f"over exits (worst: exit {int(np.argmax(ece)) + 1}).")
+    matching = [p for p in first.policy if p.accuracy >= acc_last - match_points / 100]
+    if matching:
+        cheapest = min(matching, key=lambda p: p.mean_macs)
+        lines.append(f"The confidence-threshold policy at {cheapest.threshold:.2f} is within {match_points:g} points of the last exit "
+                     f"({cheapest.accuracy:.1%}) at {cheapest.mean_macs / macs[-1]:.0%} of its compute per example on average.")
+    for name in names[1:]:
+        other = {m.seed: m for m in by_name[name]}
+        for t in range(exits):
+            c = paired_comparison({s: m.exits[t].accuracy for s, m in other.items()}, {m.seed: m.exits[t].accuracy for m in ref})
+            lines.append(comparison_sentence(c, what=f"exit {t + 1} accuracy", ours=name, reference=names[0]))
+    run = result.early_exit
+    shares = ", ".join(f"{s:.0%}" for s in run.exit_shares)
+    same = math.isclose(run.spent_macs, run.ideal_macs, rel_tol=1e-9)
+    lines.append(f"Really stopping at confidence {run.threshold:g} (exits taken: {shares}): {run.spent_macs / 1e3:.1f}k MACs spent per "
+                 f"example, {run.spent_macs / run.full_macs:.0%} of the full network; the ideal count for these exits is "
+                 f"{run.ideal_macs / 1e3:.1f}k" + (", the same: no stage ran twice." if same else f", so {run.spent_macs - run.ideal_macs:.0f} MACs were spent beyond it.")
+                 + (" Its exits and predictions are the simulated policy's." if run.matches_simulated else " Its exits or predictions DIFFER from the simulated policy's."))
+    lines.append(f"Wall time here (median of {run.repeats} runs after a warm-up): {run.early_seconds * 1e3:.1f} ms stopping early, "
+                 f"{run.full_seconds * 1e3:.1f} ms for one full pass with every exit.")
+    return lines + ([smoke_note(mode)] if mode == "smoke" else [])
+
+
 def run(mode: str = "full", out: str | Path = "runs/exits", seed: int = 0, progress: bool = True) -> ExitsResult:
     """Notebook 05's headline, headless (`python -m kdteach exits`): writes exits.json, exits.md and the figure to
     out and prints the table and findings. `seed` seeds the run; the config's seeds are offsets from it."""
-    from kdteach.plots.sets import plot_accuracy_vs_compute
-
     started, device, cfg = time.perf_counter(), runtime.setup(seed, verbose=False, run_mode=mode), config(mode)
     seeds = tuple(seed + s for s in cfg.seeds)
     result, _ = experiment(cfg, load_data(cfg, device), seeds=seeds, device=device, progress=progress)
-    title, findings = "Multi-exit ResNet: accuracy and compute per exit", report.exit_sentences(result, mode=mode)
+    title, findings = "Multi-exit ResNet: accuracy and compute per exit", exit_sentences(result, mode=mode)
     meta = {"mode": mode, "title": title, "findings": findings, "data": result.source, **report.provenance(config=cfg, seeds=seeds, wall_seconds=time.perf_counter() - started, device=str(device))}
     figures = {"accuracy_vs_compute": plot_accuracy_vs_compute([m for m in result.models if m.seed == seeds[0]])}
     report.write_report(out, "exits", rows=result.rows(), meta=meta, figures=figures,

@@ -7,7 +7,8 @@
   validation split (the paper tuned it on the test set);
 - soft_target_regularizer(): hard vs soft targets on 3% of the training set, test accuracy per epoch.
 
-Every model goes through common.train_or_load, keyed by every value that decides it, so a rerun reloads it.
+Every model goes through common.train_or_load, keyed by every value that decides it, so a rerun reloads it. The
+tables and sentences about each result (hinton_*_rows, hinton_*_sentences) follow the protocol, typed by its results.
 """
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ import numpy as np
 import torch
 
 from kdteach import report, runtime
+from kdteach.report import comparison_sentence, mean_std, paired_comparison
 from kdteach.data.batches import Batches, translate_by
 from kdteach.data.mnist import DigitSplits, load_digit_splits
 from kdteach.distill import KDLoss, cache_teacher_logits
 from kdteach.experiments import common
 from kdteach.models.mlp import MLP
+from kdteach.plots.soft_targets import plot_learning_curves
 from kdteach.train import History, evaluate, predict
 
 PAPER_ERRORS = (67, 146, 74)  # test errors of 10,000: teacher, student alone, distilled student
@@ -301,6 +304,106 @@ class HintonResult:
     regularizer: RegularizerCurves
 
 
+# Tables and sentences. Every result but SeedErrors is one seed: the sentences print the numbers, and where two numbers
+# are compared they say one seed cannot decide (paired_comparison's verdict).
+
+
+def hinton_headline_rows(headline: Headline) -> list[dict[str, Any]]:
+    """The headline's table: each model's test errors beside the paper's (of 10,000).
+
+    Args:
+        headline: a Headline.
+
+    Returns:
+        Three rows: model, architecture, test errors, out of, paper (of 10,000).
+    """
+    h = headline
+    models = (("teacher", "784-1200-1200-10, dropout, max-norm, jitter", h.teacher_errors),
+              ("student alone", "784-800-800-10, hard labels", h.alone_errors),
+              ("distilled student", f"784-800-800-10, T={h.temperature:g}, soft weight {h.soft_weight}", h.distilled_errors))
+    return [{"model": name, "architecture": arch, "test errors": errors, "out of": h.test_size, "paper (of 10,000)": paper}
+            for (name, arch, errors), paper in zip(models, h.paper_errors)]
+
+
+def hinton_sweep_rows(sweep: TemperatureSweep) -> list[dict[str, Any]]:
+    """The temperature sweep as one row per width: "hidden units" and a "T=..." column of test errors per T."""
+    return [{"hidden units": w, **{f"T={t:g}": e for t, e in zip(sweep.temperatures, row)}} for w, row in zip(sweep.widths, sweep.errors)]
+
+
+def hinton_omitted_rows(omitted: OmittedClass) -> list[dict[str, Any]]:
+    """The omitted-class table: test errors, and errors on the omitted class, before and after the bias shift."""
+    c = omitted.omitted
+    return [{"": when, "test errors": total, f"errors on {c}s": on_class, f"test {c}s": omitted.test_count}
+            for when, total, on_class in zip(("before", "after"), omitted.errors, omitted.class_errors)]
+
+
+def hinton_headline_sentences(headline: Headline) -> list[str]:
+    """The headline in words: the three error counts, and distilled against alone through paired_comparison."""
+    h = headline
+    c = paired_comparison([h.distilled_errors], [h.alone_errors])
+    return [f"Test errors out of {h.test_size}: teacher {h.teacher_errors}, student alone {h.alone_errors}, distilled student "
+            f"{h.distilled_errors} (the paper, out of 10,000: {' / '.join(map(str, h.paper_errors))}).",
+            comparison_sentence(c, what="test errors", ours="distilled student", reference="student alone", scale=1.0, unit=" errors")]
+
+
+def hinton_seed_rows(seeds: SeedErrors) -> list[dict[str, Any]]:
+    """The headline's students at several seeds: one row per seed, then the mean ± std.
+
+    Args:
+        seeds: a SeedErrors.
+
+    Returns:
+        Rows: seed, student alone, distilled student, distilled - alone (test errors).
+    """
+    rows = [{"seed": s, "student alone": a, "distilled student": d, "distilled - alone": d - a}
+            for s, a, d in zip(seeds.seeds, seeds.alone_errors, seeds.distilled_errors)]
+    diffs = [d - a for a, d in zip(seeds.alone_errors, seeds.distilled_errors)]
+    return rows + [{"seed": "mean ± std", "student alone": mean_std(seeds.alone_errors), "distilled student": mean_std(seeds.distilled_errors),
+                    "distilled - alone": mean_std(diffs)}]
+
+
+def hinton_seed_sentences(seeds: SeedErrors) -> list[str]:
+    """The headline's students over seeds, in words: distilled against alone by paired_comparison."""
+    c = paired_comparison(list(seeds.distilled_errors), list(seeds.alone_errors))
+    return [f"Over seeds {list(seeds.seeds)} (one teacher): student alone {mean_std(seeds.alone_errors)}, distilled "
+            f"{mean_std(seeds.distilled_errors)} test errors out of {seeds.test_size}.",
+            comparison_sentence(c, what="test errors", ours="distilled student", reference="student alone", scale=1.0, unit=" errors")]
+
+
+def hinton_sweep_sentences(sweep: TemperatureSweep) -> list[str]:
+    """Per width, the temperature with the fewest test errors; one seed, so it says the ranking is not decided."""
+    lines = []
+    for width, row in zip(sweep.widths, sweep.errors):
+        best = min(range(len(row)), key=row.__getitem__)
+        lines.append(f"{width} units per layer: fewest test errors at T={sweep.temperatures[best]:g} ({row[best]} of {sweep.test_size}); "
+                     f"errors from {min(row)} to {max(row)} across T. One seed cannot decide which temperature is best.")
+    return lines
+
+
+def hinton_omitted_sentences(omitted: OmittedClass) -> list[str]:
+    """The omitted-class experiment in numbers: the transfer set, the shift, errors before and after it."""
+    o, c = omitted, omitted.omitted
+    return [f"Transfer set: {o.transfer_size} digits without a {c}; bias shift chosen on {o.val_size} validation digits: {o.shift:+g}.",
+            f"Before the shift: {o.errors[0]} test errors, {o.class_errors[0]} of them on the {o.test_count} test {c}s.",
+            f"After the shift: {o.errors[1]} test errors, {o.class_errors[1]} of them on {c}s."]
+
+
+def hinton_regularizer_sentences(curves: RegularizerCurves) -> list[str]:
+    """Hard and soft targets on a few digits: each curve's best test accuracy (and its epoch) and its last."""
+    lines = []
+    for name, values in (("hard", curves.hard), ("soft", curves.soft)):
+        best = max(range(len(values)), key=values.__getitem__)
+        lines.append(f"{name} targets on {curves.n_train} digits: best test accuracy {values[best]:.4f} (epoch {best + 1}), "
+                     f"final {values[-1]:.4f}.")
+    return lines
+
+
+def hinton_sentences(result: HintonResult) -> list[str]:
+    """Every sentence about a HintonResult, in the notebook's order."""
+    return (hinton_headline_sentences(result.headline) + hinton_seed_sentences(result.seeds) + hinton_sweep_sentences(result.sweep)
+            + hinton_omitted_sentences(result.omitted) + hinton_regularizer_sentences(result.regularizer))
+
+
 def run(mode: str = "smoke", out: str | Path | None = None, *, seed: int = 0, progress: bool = True) -> HintonResult:
     """Notebook 01 headless: the headline (its students at every seed of the config), the sweep, the omitted 3s and the
     3% students (one seed).
@@ -313,8 +416,6 @@ def run(mode: str = "smoke", out: str | Path | None = None, *, seed: int = 0, pr
     Returns:
         HintonResult.
     """
-    from kdteach.plots.soft_targets import plot_learning_curves
-
     cfg = config(mode)
     device = runtime.setup(seed, verbose=False, run_mode=mode)
     started = time.perf_counter()
@@ -324,18 +425,18 @@ def run(mode: str = "smoke", out: str | Path | None = None, *, seed: int = 0, pr
     result = HintonResult(seed, data.source, top, seeds, temperature_sweep(cfg, data, teacher, device, seed=seed, progress=progress),
                           omitted_class(cfg, data, teacher, device, seed=seed, progress=progress),
                           soft_target_regularizer(cfg, data, teacher, device, seed=seed, progress=progress))
-    print(report.markdown_table(report.hinton_headline_rows(top)))
-    print("\n".join(report.hinton_sentences(result) + [report.smoke_note(mode)]))
+    print(report.markdown_table(hinton_headline_rows(top)))
+    print("\n".join(hinton_sentences(result) + [report.smoke_note(mode)]))
     if out is not None:
         meta = {"mode": mode, "data": data.source,
                 **report.provenance(config=cfg, seeds=list(seeds.seeds), wall_seconds=time.perf_counter() - started, device=str(device))}
         curves = result.regularizer
         figure = plot_learning_curves({"hard targets": curves.hard, "soft targets": curves.soft}, title=f"Student on {curves.n_train} training digits")
-        report.write_report(out, "hinton", rows=report.hinton_headline_rows(top), meta=meta, figures={"regularizer": figure}, result=result,
+        report.write_report(out, "hinton", rows=hinton_headline_rows(top), meta=meta, figures={"regularizer": figure}, result=result,
                             title="Hinton et al. (2015) on MNIST")
-        report.write_report(out, "hinton_seeds", rows=report.hinton_seed_rows(seeds), meta=meta,
+        report.write_report(out, "hinton_seeds", rows=hinton_seed_rows(seeds), meta=meta,
                             title="The headline's students at several seeds, from one teacher (test errors)")
-        report.write_report(out, "hinton_sweep", rows=report.hinton_sweep_rows(result.sweep), meta=meta, title="Temperature sweep (test errors)")
-        report.write_report(out, "hinton_omitted", rows=report.hinton_omitted_rows(result.omitted), meta=meta,
+        report.write_report(out, "hinton_sweep", rows=hinton_sweep_rows(result.sweep), meta=meta, title="Temperature sweep (test errors)")
+        report.write_report(out, "hinton_omitted", rows=hinton_omitted_rows(result.omitted), meta=meta,
                             title="Omitted class, bias shift tuned on validation data")
     return result

@@ -9,6 +9,9 @@ AVCS variant (S copies intersected) with what it costs and buys.
 Regression: the "wiggle" data, a residual MLP with a head per block, Bayesian linear regression heads on each block's
 features, per-exit credible intervals (and their running intersection) vs AVCS intervals, in distribution and on a
 grid reaching far outside the training inputs.
+
+The tables and sentences (set_summary_rows, per_exit_rows, set_sentences, regression_rows, regression_sentences)
+follow, typed by these results.
 """
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 
 from kdteach import report, runtime
@@ -24,6 +29,8 @@ from kdteach.exits import MultiExit, ResidualMLP, exit_accuracy, exit_feature_ve
 from kdteach.data.batches import Batches
 from kdteach.experiments import common
 from kdteach.experiments import exits as exit_experiment
+from kdteach.plots.sets import plot_set_metrics, plot_wiggle_intervals
+from kdteach.report import Comparison, paired_comparison, smoke_note
 from kdteach.sets import (AvcsFit, MethodSets, MethodSummary, SetMetrics, WiggleSplits, avcs_sets, bayesian_exit_predictive,
                           calibration_split, empty_share_by_region, fit_avcs_thresholds, interval_metrics, method_sets,
                           regression_intervals, set_metrics, summarize_splits, wiggle_splits)
@@ -251,6 +258,141 @@ def regression_experiment(mode: str | None = None, *, seed: int = 0, alpha: floa
     return result, WiggleCurves(data, grid_x, grid)
 
 
+# Tables and sentences: coverage against the target is a plain threshold stated in the sentence; methods are compared
+# over calibration splits of one trained model.
+
+
+def set_summary_rows(summaries: Sequence[MethodSummary]) -> list[dict[str, Any]]:
+    """One table row per method from kd.sets.MethodSummary's: coverage at the first and last exit and its minimum,
+    the share covered at every exit and the share of splits below the target, mean size (empty sets count 0) and
+    empty rate over exits (apart), the smallest N(t), the share with a returning label, the worst class."""
+    return [{
+        "method": s.method,
+        "coverage exit 1": s.coverage[0],
+        "coverage last exit": s.coverage[-1],
+        "min coverage over exits": min(s.coverage),
+        "covered at every exit": s.all_exit_coverage,
+        "splits below 1 - alpha": s.share_below_target,
+        "mean size (empty = 0)": float(np.mean(s.size)),
+        "empty rate": float(np.mean(s.empty_rate)),
+        "min N(t)": min(s.nestedness),
+        "label returns": s.returning,
+        "worst-class coverage (last exit)": s.worst_class_coverage,
+    } for s in summaries]
+
+
+def per_exit_rows(summaries: Sequence[MethodSummary], field: str) -> list[dict[str, Any]]:
+    """One row per exit, one column per method, of a per-exit field of MethodSummary ("coverage", "size", ...)."""
+    exits = len(getattr(summaries[0], field))
+    return [{"exit": t + 1, **{s.method: getattr(s, field)[t] for s in summaries}} for t in range(exits)]
+
+
+def _splits_sentence(c: Comparison, *, what: str, ours: str, reference: str, scale: float = 100.0, unit: str = " points") -> str:
+    # paired_comparison over random calibration splits of ONE trained model: its words come from c.verdict only, and
+    # the sentence says what the splits can and cannot show (they share the data, so the interval is optimistic).
+    if c.verdict == "too few seeds":
+        return f"{ours} - {reference} on {what}: {c.n} split(s) cannot decide whether there is a difference."
+    outcome = {"clearly higher": f"{ours} is clearly above {reference}", "clearly lower": f"{ours} is clearly below {reference}",
+               "no clear difference": "zero lies inside the interval: no clear difference"}[c.verdict]
+    return (f"{ours} - {reference} on {what}: {c.mean * scale:+.2f}{unit} on average over {c.n} random calibration splits of one "
+            f"trained model (95% interval {c.low * scale:+.2f} to {c.high * scale:+.2f}, above zero in {c.n_higher}): {outcome}.")
+
+
+def set_sentences(result: ClassificationResult, *, mode: str = "full") -> list[str]:
+    """The findings of notebook 06's classification comparison, from a ClassificationResult.
+
+    Coverage against the target 1 - alpha is a plain threshold on the mean over splits (stated in the sentence);
+    differences between methods go through paired_comparison over the splits.
+
+    Args:
+        result: the ClassificationResult (alpha, splits with per-method SetMetrics and AvcsFit, summaries, parallel).
+        mode: "smoke" adds the smoke-mode note.
+
+    Returns:
+        The sentences.
+    """
+    target, n = 1 - result.alpha, len(result.splits)
+    by = {s.method: s for s in result.summaries}
+    index = {m: i for i, m in enumerate(result.splits[0].methods)}
+
+    def per_split(method: str, get: Callable[[SetMetrics], float]) -> dict[int, float]:
+        return {sp.seed: float(get(sp.metrics[index[method]])) for sp in result.splits}
+
+    per_exit = [m for m in by if not m.endswith(" ∩") and m != "AVCS"]
+    listed = "; ".join(f"{m} {min(by[m].nestedness):.3f} / {by[m].returning:.1%}" for m in per_exit)
+    lines = [f"Per-exit sets, smallest N(t) / share of digits with a label that comes back (means over {n} splits): {listed}. "
+             "N(t) < 1 means not nested."]
+    returning = {m: per_split(m, lambda s: s.returning) for m in ("RAPS", "RAPS shared u", "RAPS no u")}
+    lines.append(_splits_sentence(paired_comparison(returning["RAPS"], returning["RAPS shared u"]), what="share of digits with a returning label",
+                                  ours="RAPS with a fresh u per exit", reference="RAPS with one u shared"))
+    lines.append(f"With one u shared, randomised RAPS changes across exits only through the exits' probabilities and thresholds: "
+                 f"its {by['RAPS shared u'].returning:.1%} of digits with a returning label is what the exits' disagreement does; "
+                 f"drawing u afresh at every exit adds {100 * (by['RAPS'].returning - by['RAPS shared u'].returning):+.1f} points. "
+                 f"Non-randomised RAPS (u = 1: larger sets, {np.mean(by['RAPS no u'].size):.2f} labels) has {by['RAPS no u'].returning:.1%}.")
+    inter = "; ".join(f"{m} ∩ {by[m + ' ∩'].all_exit_coverage:.1%} ({by[m + ' ∩'].share_below_target:.0%} of splits below)" for m in per_exit)
+    lines.append(f"Running intersections are nested by construction; their coverage at the last exit (= at every exit), against the "
+                 f"target {target:.0%}: {inter}.")
+    avcs = by["AVCS"]
+    taus = [sp.avcs.tau for sp in result.splits]
+    word = "reaching" if avcs.all_exit_coverage >= target else "short of"
+    lines.append(f"AVCS, threshold chosen by the conformal-rank rule: {avcs.all_exit_coverage:.1%} of evaluation digits covered at every exit "
+                 f"on average over {n} splits (standard deviation {avcs.all_exit_coverage_std:.1%}), {word} the target {target:.0%}; "
+                 f"{avcs.share_below_target:.0%} of single splits fall below it (the rule's guarantee is an average over splits). "
+                 f"tau {np.mean(taus):.2f} on average ({min(taus):g} to {max(taus):g}); smallest N(t) {min(avcs.nestedness):.3f}.")
+    infeasible = [sp.avcs for sp in result.splits if not sp.avcs.feasible]
+    if infeasible:
+        lines.append(f"In {len(infeasible)} of {n} splits not even the smallest candidate tau ({min(taus):g}) kept enough calibration labels "
+                     f"at every exit (at most {max(f.floor_coverage for f in infeasible):.2%} against {infeasible[0].required_coverage:.2%} "
+                     "needed): there tau stays at it without a guarantee, because the network's logits, not the threshold, cap AVCS's coverage.")
+    sizes = {m: per_split(m, lambda s: np.mean(s.size)) for m in ("AVCS", "RAPS")}
+    lines.append(_splits_sentence(paired_comparison(sizes["AVCS"], sizes["RAPS"]), what="mean set size over exits (labels; empty sets count 0)",
+                                  ours="AVCS", reference="per-exit RAPS", scale=1.0, unit=" labels")
+                 + f" Means: AVCS {np.mean(avcs.size):.2f}, RAPS {np.mean(by['RAPS'].size):.2f}, RAPS ∩ {np.mean(by['RAPS ∩'].size):.2f}.")
+    empties = ", ".join(f"{m} {np.mean(by[m].empty_rate):.1%}" for m in ("AVCS", "RAPS", "RAPS shared u", "APS", "LAC", "RAPS ∩"))
+    lines.append(f"Empty sets (abstentions), mean over exits and splits: {empties}.")
+    lines.append("Parallel AVCS (copies intersected, threshold fitted for the intersection): " + "; ".join(
+        f"{p.copies} cop{'y' if p.copies == 1 else 'ies'}: covered at every exit {p.summary.all_exit_coverage:.1%}, mean size "
+        f"{np.mean(p.summary.size):.2f}, empty {np.mean(p.summary.empty_rate):.1%}, {1e3 * p.fit_seconds:.0f} ms to fit and "
+        f"{1e3 * p.eval_seconds:.0f} ms to make the sets per split" for p in result.parallel) + f" (over {result.parallel[0].summary.splits} splits).")
+    return lines + ([smoke_note(mode)] if mode == "smoke" else [])
+
+
+def regression_rows(result: RegressionResult) -> list[dict[str, Any]]:
+    """One table row per regression method from a RegressionResult."""
+    return [{
+        "method": method,
+        "coverage exit 1": m.coverage[0],
+        "coverage last exit": m.coverage[-1],
+        "min coverage over exits": min(m.coverage),
+        "covered at every exit": m.all_exit_coverage[-1],
+        "mean width (empty = 0)": float(np.mean(m.size)),
+        "empty rate": float(np.mean(m.empty_rate)),
+        "min N(t)": min(m.nestedness),
+        "empty, last exit, outside training range": outside,
+        "empty, last exit, inside": inside,
+    } for method, m, inside, outside in zip(result.methods, result.metrics, result.empty_inside, result.empty_outside)]
+
+
+def regression_sentences(result: RegressionResult, *, alpha: float, mode: str = "full") -> list[str]:
+    """The findings of notebook 06's regression comparison (one seed: plain thresholds, stated, on its numbers)."""
+    target = 1 - alpha
+    m = dict(zip(result.methods, result.metrics))
+    outside = dict(zip(result.methods, result.empty_outside))
+    inside = dict(zip(result.methods, result.empty_inside))
+    bayes, inter, avcs = m["Bayes"], m["Bayes ∩"].all_exit_coverage[-1], m["AVCS"]
+    lines = [
+        f"Per-exit credible intervals: smallest N(t) {min(bayes.nestedness):.3f} (exit {int(np.argmin(bayes.nestedness)) + 1}); coverage "
+        f"from {min(bayes.coverage):.1%} to {max(bayes.coverage):.1%} over exits.",
+        f"Their running intersection keeps {inter:.1%} of test targets to the last exit ({'below' if inter < target else 'not below'} {target:.0%}).",
+        f"AVCS intervals: smallest N(t) {min(avcs.nestedness):.3f}; coverage from {min(avcs.coverage):.1%} to {max(avcs.coverage):.1%}, "
+        f"{avcs.all_exit_coverage[-1]:.1%} at every exit ({'below' if avcs.all_exit_coverage[-1] < target else 'not below'} {target:.0%}); "
+        f"mean width {np.mean(avcs.size):.2f} against {np.mean(bayes.size):.2f} for the credible intervals.",
+        f"Outside the training inputs the last AVCS interval is empty for {outside['AVCS']:.0%} of grid points, inside for "
+        f"{inside['AVCS']:.0%}; credible intervals are never empty ({outside['Bayes']:.0%} outside).",
+    ]
+    return lines + ([smoke_note(mode) + " One seed and 180 test points: coverages move by a couple of points."] if mode == "smoke" else [])
+
+
 # Headless run
 
 
@@ -259,24 +401,22 @@ def run(mode: str = "full", out: str | Path = "runs/sets", seed: int = 0, progre
 
     `seed` seeds the run, the classifier and the wiggle model, and moves every calibration split.
     """
-    from kdteach.plots.sets import plot_set_metrics, plot_wiggle_intervals
-
     started, device, cfg = time.perf_counter(), runtime.setup(seed, verbose=False, run_mode=mode), config(mode)
     logits, labels, source = held_out_logits(mode, seed=seed, device=device, progress=progress)
     result = classification_experiment(logits, labels, cfg, seed=seed, source=source)
     regression, curves = regression_experiment(mode, seed=seed, alpha=cfg.alpha, device=device, progress=progress)
     configs = {"sets": cfg, "wiggle": wiggle_config(mode), "exits": exit_experiment.config(mode)}
     title = f"Prediction sets per exit (means over {cfg.splits} calibration splits)"
-    findings = report.set_sentences(result, mode=mode) + report.regression_sentences(regression, alpha=cfg.alpha, mode=mode)
+    findings = set_sentences(result, mode=mode) + regression_sentences(regression, alpha=cfg.alpha, mode=mode)
     meta = {"mode": mode, "title": title, "findings": findings, "data": source, **report.provenance(config=configs, seeds=[seed], wall_seconds=time.perf_counter() - started, device=str(device))}
-    rows = report.set_summary_rows(result.summaries)
+    rows = set_summary_rows(result.summaries)
     report.write_report(out, "sets", rows=rows, meta=meta, figures={"set_metrics": plot_set_metrics(result.summaries, alpha=cfg.alpha)},
                         title=title, result=result)
     reg_summaries = [summarize_splits(m, [metrics], cfg.alpha) for m, metrics in zip(regression.methods, regression.metrics)]
     figures = {"wiggle_intervals": plot_wiggle_intervals(curves), "wiggle_metrics": plot_set_metrics(reg_summaries, alpha=cfg.alpha)}
-    report.write_report(out, "regression", rows=report.regression_rows(regression), meta=meta, figures=figures,
+    report.write_report(out, "regression", rows=regression_rows(regression), meta=meta, figures=figures,
                         title="Wiggle regression: intervals per exit", result=regression)
-    for table in (rows, report.regression_rows(regression)):
+    for table in (rows, regression_rows(regression)):
         print(report.markdown_table(table))
     print("\n".join(findings))
     return result, regression

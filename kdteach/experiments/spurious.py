@@ -5,6 +5,7 @@ training), five models per seed (MODEL_NAMES): a ResNet-20 teacher trained with 
 batches; a ResNet-8 student alone (ERM) and distilled from each teacher (soft targets only); each scored per test group. Every run keeps its best epoch on validation mean-over-groups accuracy (as in the
 DeDiER code; exact ties go to the later epoch, see common.selection_score). Every model is checkpointed through
 common.train_or_load under a key of every config field that decides it, so a rerun (or notebook 03) reloads it.
+spurious_findings and probe_findings word a SpuriousResult through kdteach.report's one comparison rule.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import time
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +26,9 @@ from kdteach.distill import KDLoss, cache_teacher_logits
 from kdteach.experiments import common
 from kdteach.groups import AVERAGE_CONVENTIONS, GroupMetrics
 from kdteach.models.resnet import CifarResNet, resnet_cifar
+from kdteach.plots.groups import plot_group_accuracies, plot_probes
 from kdteach.probes import StageProbe, probe_stages
+from kdteach.report import paired_findings, smoke_note
 from kdteach.train import History
 
 MODEL_NAMES = {"teacher_erm": "teacher (ERM)", "teacher_balanced": "teacher (group-balanced)", "student_alone": "student alone (ERM)",
@@ -243,16 +246,41 @@ def run_experiment(cfg: SpuriousConfig, *, device: torch.device | str = "cpu", s
     return SpuriousResult(cfg, tuple(runs), probe_rows, tuple(splits["test"].group_names), time.perf_counter() - started)
 
 
+# Findings: a difference between two models is decided by paired_comparison over seeds; a probe's stage is one seed's
+# description against a stated threshold.
+
+
+def spurious_findings(result: SpuriousResult) -> list[str]:
+    """Notebook 02's findings from a SpuriousResult: each distilled student against its teacher and against the
+    student trained alone (PAIRS), on test worst-group accuracy."""
+    values = {key: result.per_seed(key) for key in MODEL_NAMES}
+    lines = [smoke_note(result.config.mode)] if result.config.mode == "smoke" else []
+    return lines + paired_findings(values, PAIRS, what="test worst-group accuracy", names=MODEL_NAMES)
+
+
+def probe_findings(probes: Mapping[str, Sequence[StageProbe]], *, threshold: float = 0.9) -> list[str]:
+    """Per model, the first stage whose linear probe reaches `threshold` balanced accuracy, for the spurious attribute
+    and for the label (StageProbe rows of one seed: a description of that seed, not a comparison)."""
+    lines = []
+    for name, rows in probes.items():
+        parts = []
+        for target, words in (("spurious", "the spurious attribute"), ("label", "the label")):
+            first = next((r.stage for r in rows if getattr(r, target) >= threshold), None)
+            best = max(rows, key=lambda r: getattr(r, target))
+            where = f"from {first} on" if first else f"at no stage (best {getattr(best, target):.1%} at {best.stage})"
+            parts.append(f"{words} reaches {threshold:.0%} balanced accuracy {where}")
+        lines.append(f"{name} (one seed): " + "; ".join(parts) + ".")
+    return lines
+
+
 def run(mode: str = "full", out: str | Path | None = None, seed: int = 0, progress: bool = True) -> SpuriousResult:
     """`python -m kdteach spurious`: the table, findings and figures of a mode ("full" or "smoke") written to out
     (None: nothing written), over as many consecutive seeds from `seed` as the mode's configuration has."""
-    from kdteach.plots.groups import plot_group_accuracies, plot_probes
-
     base = config(mode)
     cfg = replace(base, seeds=tuple(seed + i for i in range(len(base.seeds))))
     device = runtime.setup(seed, verbose=False, run_mode=mode)
     result = run_experiment(cfg, device=device, progress=progress)
-    lines = report.spurious_findings(result) + report.probe_findings(result.probes)
+    lines = spurious_findings(result) + probe_findings(result.probes)
     print("\n".join(lines))
     if out is not None:
         figures = {"spurious_groups": plot_group_accuracies(result.by_model())}

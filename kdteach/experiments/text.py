@@ -6,6 +6,7 @@
   transformer layer (its [CLS] or mean-pooled state, retrained after every student epoch on detached features);
 - readout_diagnostics(): the readout's accuracy, margin and DeDiER weight in each training group;
 - run_experiment(): all of it, returning a TextRun (the typed TextResult and the models behind it);
+- text_*_rows, text_*_sentences: the tables and sentences about a TextResult, through kdteach.report's one rule;
 - run(): the same headless (`python -m kdteach text --mode smoke|full --out DIR`).
 
 Smoke mode runs the stand-in with tiny BertConfig / DistilBertConfig models built from config, on a CPU, with
@@ -16,6 +17,7 @@ keyed by the configuration fields that decide it, so a dropped Colab session res
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,8 @@ from kdteach.distill import KDLoss, cache_teacher_logits
 from kdteach.experiments import common
 from kdteach.groups import AVERAGE_CONVENTIONS, GroupMetrics, group_counts, group_metrics
 from kdteach.models.text import STUDENT_CHECKPOINT, TEACHER_CHECKPOINT, TextClassifier, text_classifier
+from kdteach.plots.debias import plot_margin_histograms
+from kdteach.report import Comparison, comparison_sentence, mean_std, paired_comparison, smoke_note, summarize_seeds
 from kdteach.train import History, predict
 
 # What full mode fetches on first use (then cached by transformers / datasets under HF_HOME).
@@ -362,6 +366,107 @@ def run_experiment(cfg: TextConfig, *, data: TextData | None = None, device: tor
     return TextRun(result, teacher, students, logits)
 
 
+# Tables and sentences. DeDiER against KD, and KD against the teacher, are decided by paired_comparison over the
+# student seeds; everything else states numbers.
+
+_TEXT_NAMES = {"teacher": "teacher", "KD": "KD student", "DeDiER": "DeDiER student"}
+
+
+def _text_models(result: TextResult) -> list[str]:
+    return list(dict.fromkeys(m.model for m in result.models))
+
+
+def text_summary_rows(result: TextResult) -> list[dict[str, Any]]:
+    """One row per model of a TextResult: seeds, and worst-group and average (test) accuracy as mean ± std (%)."""
+    rows = []
+    for name in _text_models(result):
+        scores = list(result.scores(name).values())
+        rows.append({"model": _TEXT_NAMES[name], "seeds": len(scores),
+                     "worst-group": mean_std([s.worst_group for s in scores], scale=100),
+                     "average (test)": mean_std([s.average_test for s in scores], scale=100)})
+    return rows
+
+
+def text_model_rows(result: TextResult) -> list[dict[str, Any]]:
+    """One row per model and seed (accuracies as fractions): worst-group, the averages, each test group, best epoch."""
+    return [{"model": _TEXT_NAMES[m.model], "seed": m.seed, "worst-group": m.test.worst_group, "average (test)": m.test.average_test,
+             "average (uniform)": m.test.mean_over_groups, **dict(zip(m.test.group_names, m.test.per_group)), "best epoch": m.best_epoch}
+            for m in result.models]
+
+
+def text_dedier_vs_kd(result: TextResult, metric: str = "worst_group") -> Comparison:
+    """DeDiER - KD on a GroupMetrics field (default worst-group accuracy), paired over the student seeds."""
+    ours, reference = ({seed: getattr(s, metric) for seed, s in result.scores(name).items()} for name in ("DeDiER", "KD"))
+    return paired_comparison(ours, reference)
+
+
+def text_kd_vs_teacher(result: TextResult) -> Comparison:
+    """KD student - teacher on worst-group accuracy, seed by seed against the one teacher every student learns from."""
+    teacher = next(iter(result.scores("teacher").values())).worst_group
+    kd = result.scores("KD")
+    return paired_comparison({seed: s.worst_group for seed, s in kd.items()}, {seed: teacher for seed in kd})
+
+
+def text_sentences(result: TextResult, *, mode: str = "full") -> list[str]:
+    """Every sentence printed about a TextResult: each model's numbers, the paired comparisons, the readout.
+
+    Args:
+        result: the TextResult.
+        mode: "smoke" adds the smoke-mode note.
+
+    Returns:
+        The sentences.
+    """
+    lines = [smoke_note(mode)] if mode == "smoke" else []
+    for name in _text_models(result):
+        scores = list(result.scores(name).values())
+        worst, average = (summarize_seeds([getattr(s, f) for s in scores]).mean for f in ("worst_group", "average_test"))
+        lines.append(f"{_TEXT_NAMES[name]}: worst-group {100 * worst:.1f}% against {100 * average:.1f}% average (test), "
+                     f"mean over {len(scores)} seed(s).")
+    if {"KD", "DeDiER"} <= set(_text_models(result)):
+        lines.append(comparison_sentence(text_dedier_vs_kd(result), what="worst-group accuracy", ours="DeDiER", reference="KD"))
+        lines.append(comparison_sentence(text_dedier_vs_kd(result, "average_test"), what="average (test) accuracy", ours="DeDiER", reference="KD"))
+    if {"KD", "teacher"} <= set(_text_models(result)):
+        lines.append(comparison_sentence(text_kd_vs_teacher(result), what="worst-group accuracy", ours="KD student", reference="teacher"))
+    groups = [g for g in result.readout if not math.isnan(g.upweighted)]
+    if groups:
+        top, bottom = max(groups, key=lambda g: g.upweighted), min(reversed(groups), key=lambda g: g.upweighted)
+        lines.append(f"The readout at {result.readout_stage} of the first KD student upweights {top.upweighted:.0%} of '{top.group}' "
+                     f"(n={top.n}), the most of any training group; the least: '{bottom.group}', {bottom.upweighted:.0%}.")
+    return lines
+
+
+def text_conflicting_sentences(result: TextResult, *, mostly_right: float = 0.9) -> list[str]:
+    """What the readout of a TextResult does on each group counted as conflicting (the cue points to the wrong
+    label there: kdteach.data.text.conflicting_groups, a definition by the cue alone), and which of those groups it
+    is right on at least `mostly_right` of: those count in the conflicting weight sums, yet the readout does not pick
+    them out (DeDiER can upweight at most 1 - mostly_right of each). One readout of one seed: a description, not a
+    comparison."""
+    groups = [result.readout[g] for g in result.conflicting]
+    lines = [f"'{g.group}' (n={g.n}) counts as conflicting: the readout at {result.readout_stage} is right on {g.accuracy:.0%} "
+             f"of it and upweights {g.upweighted:.0%}." for g in groups]
+    missed = [g for g in groups if g.accuracy >= mostly_right]
+    if missed:
+        names = ", ".join(f"'{g.group}'" for g in missed)
+        lines.append(f"{names}: counted as conflicting by the cue, yet the readout is right on at least {mostly_right:.0%} of each, "
+                     f"so at most {1 - mostly_right:.0%} of each can be upweighted; the conflicting groups' share of the weight "
+                     "counts them all the same.")
+    return lines
+
+
+def text_weight_share_rows(shares: WeightShares) -> list[dict[str, Any]]:
+    """One row per training group of a WeightShares: its share of the examples and of the weight per alpha."""
+    return [{"group": name, "share of examples": share, **{f"weight share (alpha={a:g})": by_alpha[g] for a, by_alpha in zip(shares.alphas, shares.weight_share)}}
+            for g, (name, share) in enumerate(zip(shares.groups, shares.share_of_examples))]
+
+
+def text_weight_share_sentences(shares: WeightShares) -> list[str]:
+    """Per alpha: how much of the weight the groups where the cue points to the wrong label carry, against their size."""
+    examples = sum(shares.share_of_examples[g] for g in shares.conflicting)
+    return [f"alpha={a:g}: the groups where the cue points to the wrong label carry {sum(by_alpha[g] for g in shares.conflicting):.0%} "
+            f"of the weight; they are {examples:.0%} of the examples." for a, by_alpha in zip(shares.alphas, shares.weight_share)]
+
+
 def run(mode: str = "smoke", out: str | Path | None = None, seed: int = 0, progress: bool = True, *, dataset: str | None = None) -> TextResult:
     """Runs notebook 04's experiment headless and writes its tables and figure to out.
 
@@ -381,19 +486,17 @@ def run(mode: str = "smoke", out: str | Path | None = None, seed: int = 0, progr
     data = load_data(cfg, seed=seed)
     outcome = run_experiment(cfg, data=data, device=device, progress=progress)
     result = outcome.result
-    findings = report.text_sentences(result, mode=mode)
-    print(report.markdown_table(report.text_summary_rows(result)))
+    findings = text_sentences(result, mode=mode)
+    print(report.markdown_table(text_summary_rows(result)))
     print("\n".join(findings))
     if out is not None:
-        from kdteach.plots.debias import plot_margin_histograms
-
         figure = plot_margin_histograms(outcome.readout_logits, data.splits["train"].labels, data.balance_groups, data.balance_names,
                                         title=f"Readout at {cfg.readout_stage} of the KD student ({cfg.dataset})")
         title = f"Teacher, KD and DeDiER students on {cfg.dataset}: test worst-group and average accuracy (%)"
         meta = {"mode": mode, "title": title, "findings": findings, "dataset": cfg.dataset, "selection": cfg.select, "average": AVERAGE_CONVENTIONS["test"],
                 "downloads": FULL_MODE_DOWNLOADS[cfg.dataset],
                 **report.provenance(config=cfg, seeds=list(cfg.seeds), wall_seconds=time.perf_counter() - started, device=str(device))}
-        report.write_report(out, "text", rows=report.text_summary_rows(result), meta=meta, figures={"text_readout_margins": figure}, result=result, title=title)
-        report.write_report(out, "text_runs", rows=report.text_model_rows(result), meta=meta, title="Every model and seed, with each group's test accuracy")
+        report.write_report(out, "text", rows=text_summary_rows(result), meta=meta, figures={"text_readout_margins": figure}, result=result, title=title)
+        report.write_report(out, "text_runs", rows=text_model_rows(result), meta=meta, title="Every model and seed, with each group's test accuracy")
         report.write_report(out, "text_readout", rows=result.readout, meta=meta, title=f"The readout at {cfg.readout_stage} of the KD student, per training group")
     return result

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -10,7 +10,10 @@ import torch
 from matplotlib.figure import Figure
 
 from kdteach.debias import confidence_margin
-from kdteach.report import dedier_per_seed, summarize_seeds
+from kdteach.report import SeedSummary, summarize_seeds
+
+if TYPE_CHECKING:  # for the annotation only: experiments import plots, never the reverse
+    from kdteach.experiments.dedier import StudentResult
 
 __all__ = ["plot_margin_histograms", "plot_method_comparison"]
 
@@ -54,7 +57,16 @@ def plot_margin_histograms(readout_logits: torch.Tensor, labels: torch.Tensor, g
     return fig
 
 
-def plot_method_comparison(results: Sequence[Any], *, title: str = "") -> Figure:
+def _per_method(results: Sequence[StudentResult], metric: str) -> dict[str, dict[int, float]]:
+    # method -> {seed: a GroupMetrics field}, students without a test score left out (as dedier.dedier_per_seed).
+    values: dict[str, dict[int, float]] = {}
+    for r in results:
+        if r.test is not None:
+            values.setdefault(r.method, {})[r.seed] = float(getattr(r.test, metric))
+    return values
+
+
+def plot_method_comparison(results: Sequence[StudentResult], *, title: str = "") -> Figure:
     """Worst-group against average (train-weighted) accuracy, one point per method: the mean over seeds, with the
     seed-to-seed standard deviation as error bars where there are two seeds or more.
 
@@ -68,10 +80,10 @@ def plot_method_comparison(results: Sequence[Any], *, title: str = "") -> Figure
     Returns:
         The figure.
     """
-    worst, average = dedier_per_seed(results), dedier_per_seed(results, metric="average_train_weighted")
+    worst, average = _per_method(results, "worst_group"), _per_method(results, "average_train_weighted")
     if not worst:
         raise ValueError("results holds no scored student")
-    def error(summary: Any) -> float | None:
+    def error(summary: SeedSummary) -> float | None:
         return None if math.isnan(summary.std) else 100 * summary.std
 
     fig, ax = plt.subplots(figsize=(5.0, 4.0))
