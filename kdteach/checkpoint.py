@@ -4,9 +4,10 @@
   the write leaves the previous checkpoint intact (and a stale `<name>.<host>-<pid>.XXXXXXXX.tmp`, which
   `remove_stale_temporaries` deletes when a run with that checkpoint starts again, once the process that wrote it
   is gone: a temporary that a live run is writing is never touched).
-- `checkpoint_lock` is the file lock (the `filelock` library, on `<name>.lock` beside the checkpoint) that fit()
-  holds for a whole run with a checkpoint: two runs that share a cache (two notebooks, a notebook and the command
-  line) and ask for the same checkpoint take turns, so one trains and the other then loads the finished file.
+- `checkpoint_lock` is the file lock (the `filelock` library) that fit() holds for a whole run with a checkpoint:
+  two runs on one machine that share a cache (two notebooks, a notebook and the command line) and ask for the same
+  checkpoint take turns, so one trains and the other then loads the finished file. The lock files live in the
+  system's temporary folder (`lock_path`), not in the cache, which keeps holding checkpoints only.
 - `load_checkpoint` loads with weights_only=True (tensors and plain containers, no pickled code); a truncated or
   corrupt file raises CheckpointError naming the file and what to do, never torch's zip message alone.
 - `run_signature` describes what decides a run (epochs, data rows, parameter shapes, optimiser, scheduler, loss);
@@ -167,23 +168,43 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
     return removed
 
 
+def lock_path(path: str | Path) -> Path:
+    """Where the lock of checkpoint path lives: `<tmp>/kdteach-locks-<user>/<name>-<hash of the full path>.lock`.
+
+    Not beside the checkpoint: a lock file must outlive its holder (deleting it on release would let a waiter and a
+    newcomer lock two different files), and the cache should hold checkpoints only. The temporary folder is also
+    always a local disk with working locks, where a cache on a network mount or Google Drive may not be. The cost:
+    runs on two machines that share a cache over the network are not kept apart (each still leaves the other's
+    temporaries alone, and every write is atomic, so the file stays valid; the work may be done twice).
+
+    Args:
+        path: the checkpoint path.
+
+    Returns:
+        The lock file's path (its folder is created).
+    """
+    path = Path(path).resolve()
+    user = str(os.getuid()) if hasattr(os, "getuid") else hashlib.sha1(str(Path.home()).encode()).hexdigest()[:8]
+    folder = Path(tempfile.gettempdir()) / f"kdteach-locks-{user}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder / f"{path.name}-{hashlib.sha1(str(path).encode()).hexdigest()[:16]}.lock"
+
+
 @contextlib.contextmanager
 def checkpoint_lock(path: str | Path) -> Iterator[None]:
-    """Holds the file lock of checkpoint path (`<name>.lock` beside it) for the body of a with-statement.
+    """Holds the file lock of checkpoint path (see lock_path) for the body of a with-statement.
 
     fit() holds it for a whole run with a checkpoint, so two processes that train the same checkpoint take turns:
     the second waits (and says so on stderr) until the first has finished, then resumes from or loads the file the
     first wrote. The lock is the operating system's (flock through the `filelock` library): a killed process
-    releases it, so nothing stale ever blocks a later run. The `.lock` file itself stays, empty, beside the
-    checkpoint. On a file system without locks, filelock's fallback is used where it has one, else the run goes
-    on unlocked with a warning.
+    releases it, so nothing stale ever blocks a later run. Where the temporary folder has no locks, filelock's
+    fallback is used where it has one, else the run goes on unlocked with a warning.
 
     Args:
-        path: the checkpoint path (its folder is created).
+        path: the checkpoint path.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(str(path) + ".lock")
+    lock = filelock.FileLock(str(lock_path(path)))
     try:
         try:
             lock.acquire(timeout=0)
@@ -192,8 +213,8 @@ def checkpoint_lock(path: str | Path) -> Iterator[None]:
                   file=sys.stderr, flush=True)
             lock.acquire()
         held = True
-    except NotImplementedError:  # filelock 3.x on a file system without flock (some network mounts)
-        warnings.warn(f"the file system of {path.parent} has no file locks: runs that share this cache and train "
+    except NotImplementedError:  # filelock 3.x on a file system without flock
+        warnings.warn(f"the file system of {lock.lock_file} has no file locks: runs that share this cache and train "
                       "the same checkpoint at the same time are not kept apart", stacklevel=3)
         held = False
     try:

@@ -290,7 +290,7 @@ def fit(
         max_grad_norm: clip the gradients' total norm to this before each step (None: no clipping; BERT's
             fine-tuning recipe uses 1.0).
         checkpoint: file to write after every epoch (atomically); None disables checkpoints. Its lock
-            (`<checkpoint>.lock`) is held for the whole call: another process training the same file waits.
+            (checkpoint.checkpoint_lock) is held for the whole call: another process training the same file waits.
         resume: True: continue from checkpoint if it exists and was written by this same run (same signature; a
             different run is a ValueError naming the field). A finished run returns at once with its history; an
             unreadable file is moved to `<name>.corrupt` and the run starts from scratch. "weights": continue from

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdteach.checkpoint import checkpoint_lock, load_checkpoint, remove_stale_temporaries, save_atomic
+from kdteach.checkpoint import checkpoint_lock, load_checkpoint, lock_path, remove_stale_temporaries, save_atomic
 
 # One process of the test: a tiny MLP through the experiments' one train-or-load, on the cache in KDTEACH_CACHE.
 # Both processes reach train_or_load at the same moment (a barrier of marker files); the one that trains holds its
@@ -72,6 +72,7 @@ def test_two_processes_training_one_checkpoint_take_turns_and_end_equal(tmp_path
     state = load_checkpoint(path)  # a valid, finished checkpoint
     assert state["epoch"] == 2 and len(state["history"]) == 3
     assert not list(path.parent.glob("*.tmp")), "a temporary file was left behind"
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # nothing but the checkpoint in the cache
 
 
 def test_a_temporary_of_a_live_process_is_kept_and_one_of_a_dead_process_removed(tmp_path):
@@ -112,7 +113,18 @@ def test_the_lock_keeps_a_second_holder_out_until_the_first_lets_go(tmp_path):
     ckpt = tmp_path / "run.pt"
     with checkpoint_lock(ckpt):
         with pytest.raises(filelock.Timeout):  # what a second process meets: held
-            filelock.FileLock(str(ckpt) + ".lock").acquire(timeout=0.05)
-    other = filelock.FileLock(str(ckpt) + ".lock")
+            filelock.FileLock(str(lock_path(ckpt))).acquire(timeout=0.05)
+    other = filelock.FileLock(str(lock_path(ckpt)))
     other.acquire(timeout=0.05)  # released when the with-statement ended
     other.release()
+    assert list(tmp_path.iterdir()) == []  # the cache holds checkpoints only: the lock lives elsewhere
+
+
+def test_one_checkpoint_has_one_lock_however_its_path_is_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "cache")
+    same = {lock_path(p) for p in (tmp_path / "cache" / "m.pt", Path("cache/m.pt"), tmp_path / "link" / "m.pt",
+                                   tmp_path / "cache" / ".." / "cache" / "m.pt")}
+    assert len(same) == 1
+    assert lock_path(tmp_path / "cache" / "n.pt") not in same and lock_path(tmp_path / "m.pt") not in same
