@@ -1,5 +1,6 @@
 """The installed package carries the reference results: a wheel built from the checkout, installed into a folder
-of its own and imported from an empty folder (the checkout invisible), shows the committed tables and findings.
+of its own, and a notebook copied alone to an empty folder (the checkout invisible) shows the committed tables and
+findings.
 
 This is what a pip or Colab install sees. The wheel is built from a copy of the checkout's package files, so the
 build writes nothing into the working tree, and installed with --no-deps (torch and the rest come from the running
@@ -82,33 +83,6 @@ def test_the_wheel_carries_every_committed_result(wheel: Path) -> None:
     assert package_files <= names, f"missing from the wheel: {sorted(package_files - names)[:5]}"
 
 
-def test_an_installed_copy_shows_the_committed_reference_from_an_empty_folder(installed: Path, tmp_path: Path) -> None:
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    script = ("import kdteach as kd\n"
-              "print('FILE', kd.__file__)\n"
-              "print('DIR', kd.results.results_dir())\n"
-              "kd.results.show_reference('spurious')\n"
-              "kd.results.show_findings('spurious')\n"
-              "kd.results.show_findings('hinton')\n")
-    run = subprocess.run([sys.executable, "-c", script], cwd=empty, env=isolated_env(installed),
-                         capture_output=True, text=True, timeout=240)
-    assert run.returncode == 0, run.stderr[-3000:]
-    out = run.stdout
-    # Imported from the installed copy, reading its own results, not the checkout's.
-    assert f"FILE {installed / 'kdteach' / '__init__.py'}" in out
-    assert f"DIR {installed / 'kdteach' / '_references'}" in out
-    assert "none committed" not in out
-    spurious = json.loads((RESULTS / "spurious" / "spurious.json").read_text(encoding="utf-8"))
-    assert markdown_table(spurious["rows"]) in out
-    assert f"commit {spurious['meta']['commit']}" in out
-    for line in spurious["meta"]["findings"]:
-        assert f"- {line}" in out
-    # hinton stores no sentences: its companion tables are printed instead.
-    seeds = json.loads((RESULTS / "hinton" / "hinton_seeds.json").read_text(encoding="utf-8"))
-    assert markdown_table(seeds["rows"]) in out
-
-
 def reference_cells(notebook: dict) -> list[str]:
     """The sources of a notebook's code cells that only show references (comments and kd.results calls)."""
     cells = []
@@ -122,7 +96,8 @@ def reference_cells(notebook: dict) -> list[str]:
 
 def test_a_notebook_copied_alone_shows_the_references_of_the_installed_copy(installed: Path, tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    """Notebook 02 copied to an empty folder; its reference cells run in a kernel that sees only the installed copy."""
+    """Notebook 02 copied alone to an empty folder, its reference cells run in smoke mode in a kernel that sees only
+    the installed copy (PYTHONPATH is the install folder; the checkout is on no path): what a Colab reader sees."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     alone = tmp_path / "alone"
@@ -131,20 +106,29 @@ def test_a_notebook_copied_alone_shows_the_references_of_the_installed_copy(inst
     shutil.copy(ROOT / "notebooks" / copy.name, copy)
     sources = reference_cells(json.loads(copy.read_text(encoding="utf-8")))
     assert sources, "notebook 02 has no cell that only shows references"
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import kdteach as kd\nprint('FILE', kd.__file__)")]
-                                        + [nbformat.v4.new_code_cell(s) for s in sources])
+    where = "import kdteach as kd\nprint('FILE', kd.__file__)\nprint('DIR', kd.results.results_dir())"
+    cells = [where, *sources, "kd.results.show_reference('spurious')\nkd.results.show_findings('spurious')",
+             "kd.results.show_findings('hinton')"]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source) for source in cells])
     for key in [k for k in os.environ if k.startswith("KDTEACH_")]:
         monkeypatch.delenv(key)
     for key, value in isolated_env(installed).items():
         monkeypatch.setenv(key, value)
     nbclient.NotebookClient(notebook, timeout=180, kernel_name="python3", resources={"metadata": {"path": str(alone)}}).execute()
     outputs = ["".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream") for cell in notebook.cells]
+    # Imported from the installed copy, reading its own results, not the checkout's.
     assert f"FILE {installed / 'kdteach' / '__init__.py'}" in outputs[0]
+    assert f"DIR {installed / 'kdteach' / '_references'}" in outputs[0]
     spurious = json.loads((RESULTS / "spurious" / "spurious.json").read_text(encoding="utf-8"))
-    shown = "\n".join(outputs[1:])
-    assert "none committed" not in shown
+    table, findings = markdown_table(spurious["rows"]), [f"- {line}" for line in spurious["meta"]["findings"]]
+    notebook_cells = "\n".join(outputs[1:1 + len(sources)])
+    assert "none committed" not in "\n".join(outputs)
     if any("show_reference" in s for s in sources):
-        assert markdown_table(spurious["rows"]) in shown
+        assert table in notebook_cells
     if any("show_findings" in s for s in sources):
-        for line in spurious["meta"]["findings"]:
-            assert f"- {line}" in shown
+        assert all(line in notebook_cells for line in findings)
+    assert table in outputs[-2] and f"commit {spurious['meta']['commit']}" in outputs[-2]
+    assert all(line in outputs[-2] for line in findings)
+    # hinton stores no sentences: its companion tables are printed instead.
+    seeds = json.loads((RESULTS / "hinton" / "hinton_seeds.json").read_text(encoding="utf-8"))
+    assert markdown_table(seeds["rows"]) in outputs[-1]
