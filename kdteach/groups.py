@@ -372,9 +372,29 @@ def selection_metrics(val: "GroupedData", train: Batches, *, by: str = "val_mean
 
     batches = val.batches(batch_size, device=train.device)
     metrics = group_val_metrics(lambda model: predict(model, batches), val.labels, val.groups, val.num_groups)
+    return selection_rule(metrics, train, by=by, first_epoch=first_epoch)
+
+
+def selection_rule(metrics: Callable[[nn.Module], dict[str, float]], train: Batches, *, by: str,
+                   first_epoch: int = 0) -> Callable[[nn.Module], dict[str, float]]:
+    """Adds the epoch-selection column SELECTION to validation metrics: `by` among epochs >= first_epoch (earlier ones
+    score -inf), exact ties to the LATER epoch. The one rule every experiment keeps epochs by (pass select=SELECTION).
+
+    Args:
+        metrics: model -> validation metrics holding `by` (e.g. group_val_metrics(...)).
+        train: the training Batches fit() runs on (fit sets train.epoch before each epoch).
+        by: the metric that picks the epoch.
+        first_epoch: the first eligible epoch (0-based; DeDiER: DeDiERReweighting.first_reweighted_epoch).
+
+    Returns:
+        model -> {**metrics(model), SELECTION: score}.
+    """
+    checks.check_int("first_epoch", first_epoch, minimum=0)
 
     def with_score(model: nn.Module) -> dict[str, float]:
         row = metrics(model)
+        if by not in row:
+            raise ValueError(f"by={by!r} is not among the validation metrics {sorted(row)}")
         eligible = train.epoch >= first_epoch
         return {**row, SELECTION: row[by] + TIE_BREAK * train.epoch if eligible else -math.inf}
 
@@ -390,3 +410,87 @@ def score_groups(model: nn.Module, data: "GroupedData", train_counts: Any, *, ba
     logits = predict(model, data.batches(batch_size, device=device))
     return group_metrics(logits, data.labels, data.groups, data.num_groups, train_group_counts=train_counts,
                          group_names=data.group_names)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The competence gate: a model that has not learned the task is not a result
+# --------------------------------------------------------------------------------------------------------------
+
+COMPETENCE_MARGIN = 0.10  # "clearly above" the best shortcut rule: 10 points of mean-over-groups accuracy
+
+
+@dataclass(frozen=True)
+class Competence:
+    """Whether a model learned the task, judged on its test accuracy per group against the shortcut rules.
+
+    Attributes:
+        mean_over_groups: the model's unweighted mean of group accuracies (each group counts once).
+        best_rule: the shortcut rule with the highest mean over groups, and that mean.
+        best_rule_mean: that rule's mean over groups.
+        competent: mean_over_groups > best_rule_mean + margin.
+        rule_followed: the shortcut rule whose per-group accuracies the model's are all within `tolerance` of (None:
+            no rule), so a constant or an inverted rule is named even when the mean hides it.
+    """
+
+    mean_over_groups: float
+    best_rule: str
+    best_rule_mean: float
+    competent: bool
+    rule_followed: str | None
+
+    def label(self) -> str:
+        """"competent", or "DEGENERATE (<rule>)" for a table cell."""
+        if self.competent:
+            return "competent"
+        return f"DEGENERATE ({self.rule_followed or f'not above {self.best_rule}'})"
+
+
+def shortcut_rules(num_classes: int, num_attributes: int, *, class_names: Sequence[str] | None = None) -> dict[str, list[float]]:
+    """The per-group accuracies of the rules a model can follow without learning the task, for groups
+    label * num_attributes + attribute: one constant per class, and with as many attribute values as classes, the
+    spurious-attribute rule (predict the class the attribute agrees with) and, for two classes, its inverse.
+
+    Args:
+        num_classes, num_attributes: the grouping.
+        class_names: names of the classes for the constants (default "class k").
+
+    Returns:
+        rule name -> accuracy per group (1 or 0).
+    """
+    checks.check_int("num_classes", num_classes, minimum=2)
+    checks.check_int("num_attributes", num_attributes, minimum=1)
+    names = list(class_names) if class_names is not None else [f"class {k}" for k in range(num_classes)]
+    groups = [(label, attribute) for label in range(num_classes) for attribute in range(num_attributes)]
+    rules = {f"constant: always {names[k]}": [float(label == k) for label, _ in groups] for k in range(num_classes)}
+    if num_attributes == num_classes:
+        rules["spurious-attribute rule"] = [float(label == attribute) for label, attribute in groups]
+        if num_classes == 2:
+            rules["inverted spurious-attribute rule"] = [float(label != attribute) for label, attribute in groups]
+    return rules
+
+
+def competence(per_group: Sequence[float], rules: dict[str, Sequence[float]], *, margin: float = COMPETENCE_MARGIN,
+               tolerance: float = 0.05) -> Competence:
+    """The competence gate: is a model's mean-over-groups accuracy clearly above every shortcut rule's?
+
+    Args:
+        per_group: the model's test accuracy per group (NaN for an empty group: left out, as the rules' are).
+        rules: shortcut_rules(...) (rule -> accuracy per group).
+        margin: how far above the best rule counts as clearly above (COMPETENCE_MARGIN).
+        tolerance: a model whose every group is within this of a rule's follows that rule.
+
+    Returns:
+        Competence.
+    """
+    present = [i for i, a in enumerate(per_group) if not math.isnan(float(a))]
+    if not present:
+        raise ValueError("per_group holds no finite accuracy: no group was scored")
+    for name, accuracy in rules.items():
+        if len(accuracy) != len(per_group):
+            raise ValueError(f"rules[{name!r}] has {len(accuracy)} groups, per_group has {len(per_group)}")
+    checks.check_number("margin", margin, low=0.0, high=1.0)
+    mean = float(np.mean([per_group[i] for i in present]))
+    means = {name: float(np.mean([accuracy[i] for i in present])) for name, accuracy in rules.items()}
+    best = max(means, key=means.get)
+    followed = next((name for name, accuracy in rules.items() if all(abs(per_group[i] - accuracy[i]) <= tolerance for i in present)), None)
+    return Competence(mean, best, means[best], mean > means[best] + margin and followed is None, followed)

@@ -164,7 +164,7 @@ def test_a_header_line_says_mode_device_data_and_folders_before_the_run(tmp_path
 
 
 @pytest.mark.parametrize("mode, dataset, words", [("smoke", None, "data standin (generated, offline)"),
-                                                  ("full", None, "data multinli (from the Hugging Face Hub)"),
+                                                  ("full", None, "data standin (generated, offline)"), ("full", "multinli", "data multinli (from the Hugging Face Hub)"),
                                                   ("smoke", "civilcomments", "data civilcomments (from the Hugging Face Hub)")])
 def test_the_text_header_names_the_dataset_the_mode_picks(mode, dataset, words, tmp_path, monkeypatch, capsys):
     from kdteach.experiments import text

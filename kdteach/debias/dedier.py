@@ -356,6 +356,15 @@ class DeDiERReweighting:
         """The current (N,) instance weights."""
         return self._weights
 
+    @property
+    def first_reweighted_epoch(self) -> int:
+        """The first epoch (0-based) trained with readout weights: THE rule for which epochs a DeDiER student may keep.
+
+        Epochs before it are plain KD, so keeping one would count a KD model as DeDiER. Notebooks 03 and 04 and the
+        capstone pass it as the first eligible epoch of epoch selection (kdteach.groups.selection_rule).
+        """
+        return self.start_after
+
     def weights_for(self, index: torch.Tensor) -> torch.Tensor:
         """The weights of the dataset rows `index` (a batch's "index"), for the loss."""
         self._unread = False

@@ -22,7 +22,7 @@ from torch import nn
 
 from kdteach import runtime
 from kdteach.data.batches import Batches
-from kdteach.groups import SELECTION, TIE_BREAK, group_val_metrics, score_groups, selection_metrics  # noqa: F401 - used by experiments as common.*
+from kdteach.groups import SELECTION, TIE_BREAK, group_val_metrics, score_groups, selection_metrics, selection_rule  # noqa: F401 - used by experiments as common.*
 from kdteach.train import History, fit, optimizer_and_schedule  # noqa: F401 - used by experiments as common.*
 
 C = TypeVar("C")

@@ -24,7 +24,7 @@ from kdteach.data import grouped
 from kdteach.data.grouped import GroupedData
 from kdteach.distill import KDLoss, cache_teacher_logits
 from kdteach.experiments import common
-from kdteach.groups import AVERAGE_CONVENTIONS, GroupMetrics
+from kdteach.groups import AVERAGE_CONVENTIONS, COMPETENCE_MARGIN, Competence, GroupMetrics, competence, shortcut_rules
 from kdteach.models.resnet import CifarResNet, resnet_cifar
 from kdteach.plots.groups import plot_group_accuracies, plot_probes
 from kdteach.probes import StageProbe, probe_stages
@@ -219,6 +219,23 @@ class SpuriousResult:
             row["average (train-weighted)"] = report.mean_std([r.test.average_train_weighted for r in mine], scale=100)
             row["worst-group"] = report.mean_std([r.test.worst_group for r in mine], scale=100)
             row.update({g: report.mean_std([r.test.per_group[i] for r in mine], scale=100) for i, g in enumerate(self.group_names)})
+            row["competent (seeds)"] = f"{sum(self.competence(r).competent for r in mine)}/{len(mine)}"
+            rows.append(row)
+        return rows
+
+    def competence(self, run: ModelRun) -> Competence:
+        """The competence gate on one model's test groups: clearly above the constant and background rules."""
+        return competence(run.test.per_group, shortcut_rules(2, len(self.group_names) // 2))
+
+    def seed_rows(self) -> list[dict[str, Any]]:
+        """One row per model and seed: test accuracy per group (%), mean over groups, and the competence gate's verdict
+        (a constant or background rule is named): what the means over seeds hide."""
+        rows = []
+        for r in self.runs:
+            row: dict[str, Any] = {"model": MODEL_NAMES[r.model], "seed": r.seed, "epoch kept": r.epoch_kept}
+            row.update({g: f"{100 * a:.1f}" for g, a in zip(self.group_names, r.test.per_group)})
+            row["mean over groups"] = f"{100 * r.test.mean_over_groups:.1f}"
+            row["gate"] = self.competence(r).label()
             rows.append(row)
         return rows
 
@@ -255,7 +272,17 @@ def spurious_findings(result: SpuriousResult) -> list[str]:
     student trained alone (PAIRS), on test worst-group accuracy."""
     values = {key: result.per_seed(key) for key in MODEL_NAMES}
     lines = [smoke_note(result.config.mode)] if result.config.mode == "smoke" else []
-    return lines + paired_findings(values, PAIRS, what="test worst-group accuracy", names=MODEL_NAMES)
+    degenerate = {key: [r.seed for r in result.runs if r.model == key and not result.competence(r).competent] for key in MODEL_NAMES}
+    failing = [f"{MODEL_NAMES[key]} (seeds {seeds})" for key, seeds in degenerate.items() if seeds]
+    lines.append(f"Competence gate: {sum(not v for v in degenerate.values())} of {len(MODEL_NAMES)} models are clearly above the "
+                 f"shortcut rules in every seed (mean over groups above the best rule's by {COMPETENCE_MARGIN:.0%})"
+                 + (f"; degenerate: {', '.join(failing)}." if failing else "."))
+    for ours, reference in PAIRS:
+        if degenerate[ours] or degenerate[reference]:
+            lines.append(f"{MODEL_NAMES[ours]} vs {MODEL_NAMES[reference]}: no verdict, a degenerate model in some seed.")
+        else:
+            lines += paired_findings(values, [(ours, reference)], what="test worst-group accuracy", names=MODEL_NAMES)
+    return lines
 
 
 def probe_findings(probes: Mapping[str, Sequence[StageProbe]], *, threshold: float = 0.9) -> list[str]:
@@ -291,4 +318,6 @@ def run(mode: str = "full", out: str | Path | None = None, seed: int = 0, progre
                 "selection": "each run keeps the epoch with the best validation mean-over-groups accuracy (ties: the later)"}
         report.write_report(out, "spurious", rows=result.summary_rows(), meta=meta, figures=figures, result=result,
                             title="Notebook 02: spurious correlations and distillation")
+        report.write_report(out, "spurious_seeds", rows=result.seed_rows(), meta=meta,
+                            title="Every model, seed by seed: test accuracy per group (%) and the competence gate")
     return result

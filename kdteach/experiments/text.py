@@ -112,13 +112,14 @@ def config(mode: str | None = None, dataset: str | None = None) -> TextConfig:
 
     Args:
         mode: "smoke", "full", or None for the mode set by KDTEACH_SMOKE.
-        dataset: one of DATASETS; None: the stand-in in smoke mode, MultiNLI in full mode.
+        dataset: one of DATASETS; None: the offline stand-in in either mode (the real datasets download about 930 MB
+            and want a GPU: they are opt-in, by name).
 
     Returns:
         The TextConfig. Smoke mode on a real dataset keeps the real models but uses a few hundred examples and
         one short epoch (it checks the code path; it still downloads, so CI never runs it).
     """
-    dataset = dataset or common.config_for(mode, smoke="standin", full="multinli")
+    dataset = dataset or "standin"
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
     if dataset == "standin":
@@ -154,16 +155,18 @@ def teacher_path(cfg: TextConfig, data: TextData) -> Path:
 
 
 def _train(model: TextClassifier, batches: Batches, cfg: TextConfig, data: TextData, device: torch.device, *, path: Path, epochs: int,
-           lr: float, desc: str, progress: bool, **fit_kwargs: Any) -> History:
-    # Every model of the notebook: AdamW with BERT's linear warm-up and decay, selected on validation, clipped.
+           lr: float, desc: str, progress: bool, first_epoch: int = 0, **fit_kwargs: Any) -> History:
+    # Every model of the notebook: AdamW with BERT's linear warm-up and decay, selected on validation by the course's one
+    # rule (common.selection_rule: nothing before first_epoch, ties to the later epoch), clipped.
     steps = epochs * len(batches)
     optimizer, scheduler = common.optimizer_and_schedule(model, total_steps=steps, lr=lr, weight_decay=cfg.weight_decay, kind="adamw",
                                                          schedule="linear", warmup_steps=min(cfg.warmup_steps, max(steps // 2, 1)))
     val = Batches({"x": data.inputs["val"]}, 4 * cfg.batch_size).to(device)
     split = data.splits["val"]
     metrics = common.group_val_metrics(lambda m: predict(m, val), split.labels, split.groups, split.num_groups)
+    metrics = common.selection_rule(metrics, batches, by=cfg.select, first_epoch=first_epoch)
     return common.train_or_load(model, batches, path=path, epochs=epochs, optimizer=optimizer, scheduler=scheduler, device=device,
-                                progress=progress, desc=desc, metrics=metrics, select=cfg.select, max_grad_norm=cfg.max_grad_norm, **fit_kwargs)
+                                progress=progress, desc=desc, metrics=metrics, select=common.SELECTION, max_grad_norm=cfg.max_grad_norm, **fit_kwargs)
 
 
 def _new_model(cfg: TextConfig, data: TextData, *, teacher: bool) -> TextClassifier:
@@ -232,6 +235,7 @@ def train_student(method: str, cfg: TextConfig, data: TextData, teacher_logits: 
         decides.append(_fields(cfg, DEDIER_FIELDS))
     history = _train(model, batches, cfg, data, device, path=common.checkpoint_path("text", f"{method}-student", *decides), epochs=cfg.epochs,
                      lr=cfg.lr, desc=f"{method} student (seed {seed})", progress=progress, on_epoch_end=reweighting,
+                     first_epoch=reweighting.first_reweighted_epoch if reweighting is not None else 0,
                      loss_fn=KDLoss(temperature=cfg.temperature, soft_weight=cfg.soft_weight, instance_weights=reweighting))
     return StudentRun(method, seed, model.eval(), history, reweighting)
 
@@ -471,8 +475,8 @@ def run(mode: str = "smoke", out: str | Path | None = None, seed: int = 0, progr
     """Runs notebook 04's experiment headless and writes its tables and figure to out.
 
     Args:
-        mode, dataset: "smoke" (the stand-in, tiny models, CPU) or "full" (MultiNLI with BERT and DistilBERT, GPU);
-            one of DATASETS, None: the mode's default.
+        mode, dataset: "smoke" or "full"; one of DATASETS (None: the offline stand-in; "multinli" or "civilcomments":
+            BERT and DistilBERT on the real data, a download, for a GPU).
         out: folder for text.json / text.md, text_runs.*, text_readout.* and a figure (None: write nothing).
         seed, progress: added to every student seed and used as the data seed; progress bars.
 
