@@ -5,7 +5,8 @@ exit losses, optionally distilling the last exit into the earlier ones (every mo
 so a rerun and notebook 06 reload it). Per model and seed: accuracy, calibration error, MACs and parameters per
 exit and the confidence-threshold policy, all read from one full pass (simulated exits); then the real early-exit
 path (kd.exits.measure_early_exit), checked against the simulated one, with its MACs counted and its time measured.
-exit_sentences words an ExitsResult through kdteach.report's one comparison rule.
+exit_sentences words an ExitsResult through kdteach.report's one comparison rule; overthinking, exits_beating_last
+and overthinking_sentence say where an earlier exit beats the last one (Kaya et al. 2019).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -207,6 +209,106 @@ def exit_sentences(result: ExitsResult, *, mode: str = "full", match_points: flo
                  f"{run.full_seconds * 1e3:.1f} ms for one full pass with every exit.")
     return lines + ([smoke_note(mode)] if mode == "smoke" else [])
 
+
+
+# Overthinking (Kaya et al. 2019, arXiv:1810.07052): an earlier exit right where the last exit is wrong. Presentation
+# helpers for notebook 05: they read a model's exit logits, or the (model, seed, exit, accuracy) rows of a result.
+
+
+@dataclass(frozen=True)
+class Overthinking:
+    """How often the earlier exits of one model are right where its last exit is wrong, on one labelled split.
+
+    Attributes:
+        right_then_wrong: per exit, the share of examples it gets right and the last exit gets wrong (0 at the last).
+        wrong_then_right: per exit, the share it gets wrong and the last exit gets right (0 at the last).
+        last_errors: the share of examples the last exit gets wrong.
+        rescued: the share of the last exit's errors that at least one earlier exit got right (Kaya et al.'s
+            destructive overthinking, as a share of misclassifications); NaN when the last exit makes no error.
+    """
+
+    right_then_wrong: tuple[float, ...]
+    wrong_then_right: tuple[float, ...]
+    last_errors: float
+    rescued: float
+
+
+def overthinking(exit_logits: torch.Tensor, labels: torch.Tensor) -> Overthinking:
+    """Counts, from one model's exit logits, where an earlier exit is right and the last exit wrong (and back).
+
+    Args:
+        exit_logits: (exits, N, classes) logits, as kd.exits.exit_logits returns them.
+        labels: (N,) class indices.
+
+    Returns:
+        Overthinking.
+    """
+    exit_accuracy(exit_logits, labels)  # the package's checks of shapes and labels, naming the argument
+    right = exit_logits.argmax(dim=-1) == labels.to(exit_logits.device)  # (exits, N)
+    last_wrong = ~right[-1]
+    errors = int(last_wrong.sum())
+    rescued = float(right[:-1, last_wrong].any(dim=0).double().mean()) if errors else math.nan
+    return Overthinking(tuple(float(v) for v in (right & last_wrong).double().mean(dim=1)),
+                        tuple(float(v) for v in (~right & ~last_wrong).double().mean(dim=1)), errors / right.shape[1], rescued)
+
+
+def _accuracy_by_seed(rows: Sequence[ExitResult] | Sequence[dict[str, Any]], model: str) -> dict[int, dict[int, float]]:
+    # {seed: {exit number: accuracy}} of one model, from ExitResult rows or the committed JSON's dict rows.
+    def field(row: ExitResult | dict[str, Any], name: str) -> Any:
+        return row[name] if isinstance(row, dict) else getattr(row, name)
+
+    by_seed: dict[int, dict[int, float]] = {}
+    for row in rows:
+        if field(row, "model") == model:
+            by_seed.setdefault(int(field(row, "seed")), {})[int(field(row, "exit"))] = float(field(row, "accuracy"))
+    if not by_seed:
+        raise ValueError(f"model must be one of {sorted({str(field(r, 'model')) for r in rows})}, got {model!r}")
+    return by_seed
+
+
+def exits_beating_last(rows: Sequence[ExitResult] | Sequence[dict[str, Any]], model: str = MODELS[0][0]) -> dict[int, tuple[int, int, float]]:
+    """In how many seeds each earlier exit of one model is more accurate than its last exit.
+
+    Args:
+        rows: ExitsResult.rows(), or the rows of the committed results/exits/exits.json (dicts with the same fields).
+        model: the model's name (default: the plain model, "mean of exit losses").
+
+    Returns:
+        {exit number (1-based, earlier exits only): (seeds where it beats the last exit, seeds, mean accuracy
+        difference exit - last exit)}.
+
+    Raises:
+        ValueError: naming model when no row has it.
+    """
+    by_seed = _accuracy_by_seed(rows, model)
+    last = max(next(iter(by_seed.values())))
+    return {e: (sum(acc[e] > acc[last] for acc in by_seed.values()), len(by_seed),
+                float(np.mean([acc[e] - acc[last] for acc in by_seed.values()])))
+            for e in range(1, last)}
+
+
+def overthinking_sentence(rows: Sequence[ExitResult] | Sequence[dict[str, Any]], *, model: str = MODELS[0][0], where: str = "this run") -> str:
+    """One sentence: per earlier exit, in how many seeds it beats the last exit (exits_beating_last), and the verdict
+    of the course's one rule (report.paired_comparison over seeds) on the exit with the largest mean gain.
+
+    Args:
+        rows: as in exits_beating_last.
+        model: the model's name.
+        where: which run the rows come from, for the sentence ("this run", "the committed reference").
+
+    Returns:
+        The sentence.
+    """
+    beating = exits_beating_last(rows, model)
+    parts = "; ".join(f"exit {e} in {wins} of {n} (mean {100 * diff:+.1f} points)" for e, (wins, n, diff) in beating.items())
+    best = max(beating, key=lambda e: beating[e][2])
+    by_seed = _accuracy_by_seed(rows, model)
+    last = len(beating) + 1
+    c = paired_comparison({s: acc[best] for s, acc in by_seed.items()}, {s: acc[last] for s, acc in by_seed.items()})
+    verdict = {"clearly higher": f"exit {best} is clearly more accurate than the last exit: overthinking in the sense of Kaya et al. (2019)",
+               "too few seeds": f"{c.n} seed(s) cannot decide whether exit {best} beats the last exit (the rule needs 3)",
+               }.get(c.verdict, f"no earlier exit is clearly more accurate than the last exit (best: exit {best}, {c.verdict})")
+    return f"In {where}, {model}: earlier exits more accurate than the last exit, seed by seed: {parts}. By the course's rule, {verdict}."
 
 def run(mode: str = "full", out: str | Path = "runs/exits", seed: int = 0, progress: bool = True) -> ExitsResult:
     """Notebook 05's headline, headless (`python -m kdteach exits`): writes exits.json, exits.md and the figure to

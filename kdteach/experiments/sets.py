@@ -15,6 +15,7 @@ follow, typed by these results.
 """
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -286,6 +287,189 @@ def per_exit_rows(summaries: Sequence[MethodSummary], field: str) -> list[dict[s
     exits = len(getattr(summaries[0], field))
     return [{"exit": t + 1, **{s.method: getattr(s, field)[t] for s in summaries}} for t in range(exits)]
 
+
+
+# Monte Carlo standard errors (presentation helpers for notebook 06). Every mean over calibration splits is itself an
+# estimate: over S splits with per-split standard deviation sigma, its standard error is sigma / sqrt(S). All splits
+# share one trained model and one pool of digits, so the error measures the splitting noise of that pool only.
+
+
+def monte_carlo_error(values: Sequence[float]) -> tuple[float, float]:
+    """The mean of per-split values and its Monte Carlo standard error.
+
+    Args:
+        values: one value per calibration split (at least one).
+
+    Returns:
+        (mean, standard deviation over splits (ddof=1) / sqrt(splits)); the error is 0 for a single split.
+
+    Raises:
+        ValueError: naming values when it is empty.
+    """
+    array = np.asarray(values, dtype=float)
+    if array.size == 0:
+        raise ValueError("values is empty: a mean over splits needs at least one split")
+    error = float(array.std(ddof=1) / np.sqrt(array.size)) if array.size > 1 else 0.0
+    return float(array.mean()), error
+
+
+def splits_from_reference(result: dict[str, Any]) -> tuple[SplitResult, ...]:
+    """The per-split results stored in a committed results/sets/sets.json (its "result" field), typed again.
+
+    Args:
+        result: the "result" of kd.results.load_reference("sets") (sets.run writes the ClassificationResult there).
+
+    Returns:
+        One SplitResult per calibration split.
+
+    Raises:
+        ValueError: naming result when it holds no splits.
+    """
+    if not result or not result.get("splits"):
+        raise ValueError("result holds no 'splits': pass kd.results.load_reference('sets').result")
+
+    def metrics(m: dict[str, Any]) -> SetMetrics:
+        return SetMetrics(**{k: tuple(v) if isinstance(v, list) else v for k, v in m.items()})
+
+    return tuple(SplitResult(int(sp["seed"]), tuple(sp["methods"]), tuple(metrics(m) for m in sp["metrics"]),
+                             AvcsFit(**{k: tuple(v) if isinstance(v, list) else v for k, v in sp["avcs"].items()}),
+                             tuple(tuple(q) for q in sp["quantiles"])) for sp in result["splits"])
+
+
+# The columns of error_summary_rows: (name, value of one split's SetMetrics, scale, decimals).
+_ERROR_COLUMNS: tuple[tuple[str, Callable[[SetMetrics], float], float, int], ...] = (
+    ("coverage exit 1 (%)", lambda m: m.coverage[0], 100.0, 2),
+    ("coverage last exit (%)", lambda m: m.coverage[-1], 100.0, 2),
+    ("covered at every exit (%)", lambda m: m.all_exit_coverage[-1], 100.0, 2),
+    ("mean size (empty = 0)", lambda m: float(np.mean(m.size)), 1.0, 3),
+    ("empty rate (%)", lambda m: float(np.mean(m.empty_rate)), 100.0, 2),
+    ("N(t) last exit", lambda m: m.nestedness[-1], 1.0, 3),
+    ("label returns (%)", lambda m: m.returning, 100.0, 2),
+    ("worst-class coverage, last exit (%)", lambda m: m.worst_class_coverage, 100.0, 2),
+)
+
+
+def _with_error(values: Sequence[float], scale: float, decimals: int) -> str:
+    mean, error = monte_carlo_error(values)
+    return f"{scale * mean:.{decimals}f} ± {scale * error:.{decimals}f}"
+
+
+def error_summary_rows(splits: Sequence[SplitResult]) -> list[dict[str, Any]]:
+    """One row per method: each mean over the calibration splits as "mean ± Monte Carlo standard error".
+
+    Args:
+        splits: the SplitResults (ClassificationResult.splits, or splits_from_reference of the committed result).
+
+    Returns:
+        Rows with the method, the number of splits and one "mean ± s.e." string per column of _ERROR_COLUMNS.
+    """
+    rows = []
+    for i, method in enumerate(splits[0].methods):
+        row: dict[str, Any] = {"method": method, "splits": len(splits)}
+        for name, get, scale, decimals in _ERROR_COLUMNS:
+            row[name] = _with_error([get(sp.metrics[i]) for sp in splits], scale, decimals)
+        rows.append(row)
+    return rows
+
+
+def error_per_exit_rows(splits: Sequence[SplitResult], field: str, methods: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One row per exit, one column per method: a per-exit SetMetrics field (in %) as "mean ± Monte Carlo s.e.".
+
+    Args:
+        splits: the SplitResults.
+        field: a per-exit field of SetMetrics ("coverage", "empty_rate", "all_exit_coverage", ...).
+        methods: the methods to show (default: every method of the splits).
+
+    Returns:
+        The rows.
+    """
+    names = list(methods or splits[0].methods)
+    index = {m: i for i, m in enumerate(splits[0].methods)}
+    exits = len(getattr(splits[0].metrics[0], field))
+    return [{"exit": t + 1, **{m: _with_error([getattr(sp.metrics[index[m]], field)[t] for sp in splits], 100.0, 2) for m in names}}
+            for t in range(exits)]
+
+
+def target_rows(splits: Sequence[SplitResult], alpha: float) -> list[dict[str, Any]]:
+    """Per method, its coverage at the last exit and at every exit against 1 - alpha, in Monte Carlo standard errors.
+
+    A mean 0.1 point below the target is a failure when it is many standard errors below, and noise when it is
+    less than about two; this table gives the distance in both units.
+
+    Args:
+        splits: the SplitResults.
+        alpha: the target miscoverage.
+
+    Returns:
+        Rows: method; coverage at the last exit (%), its s.e. (points) and its distance from 1 - alpha in s.e.; the
+        same for the share covered at every exit.
+    """
+    target = 1 - alpha
+    rows = []
+    for i, method in enumerate(splits[0].methods):
+        row: dict[str, Any] = {"method": method}
+        for name, get in (("last exit", lambda m: m.coverage[-1]), ("every exit", lambda m: m.all_exit_coverage[-1])):
+            mean, error = monte_carlo_error([get(sp.metrics[i]) for sp in splits])
+            row[f"coverage, {name} (%)"] = 100 * mean
+            row[f"s.e. (points), {name}"] = 100 * error
+            row[f"distance from {target:.0%} in s.e., {name}"] = (mean - target) / error if error > 0 else math.nan
+        rows.append(row)
+    return rows
+
+
+def target_sentences(splits: Sequence[SplitResult], alpha: float, methods: Sequence[str], *, within: float = 3.0) -> list[str]:
+    """Per method, its coverage at the last exit and at every exit read against 1 - alpha in Monte Carlo standard
+    errors, worded by a stated threshold: within `within` standard errors the splitting noise can explain the gap.
+
+    Args:
+        splits: the SplitResults.
+        alpha: the target miscoverage.
+        methods: the methods to describe.
+        within: the threshold in standard errors (3 by default: the tables read a dozen methods at once, so a gap of
+            2 standard errors somewhere is expected by chance).
+
+    Returns:
+        One sentence per method.
+    """
+    target, by = 1 - alpha, {row["method"]: row for row in target_rows(splits, alpha)}
+
+    def reading(z: float) -> str:
+        if math.isnan(z):
+            return "no spread over splits, so no standard error"
+        if abs(z) < within:
+            return f"{z:+.1f} s.e. from {target:.0%}, within {within:g}: the splitting noise can explain the gap"
+        return f"{z:+.1f} s.e. from {target:.0%}: clearly {'below' if z < 0 else 'above'} it on this pool of digits"
+
+    lines = []
+    for method in methods:
+        row = by[method]
+        parts = [f"{'at the last exit' if name == 'last exit' else 'covered at every exit'} {row[f'coverage, {name} (%)']:.2f}% "
+                 f"± {row[f's.e. (points), {name}']:.3f} points ({reading(row[f'distance from {target:.0%} in s.e., {name}'])})"
+                 for name in ("last exit", "every exit")]
+        lines.append(f"{method}, over {len(splits)} splits: coverage " + "; ".join(parts) + ".")
+    return lines
+
+
+def parallel_rows(parallel: Sequence[ParallelResult]) -> list[dict[str, Any]]:
+    """The parallel AVCS variant per number of copies: the share covered at every exit and the set size at the first
+    and last exit, each as "mean ± Monte Carlo s.e." over its splits (from the summaries' standard deviations), and
+    the time it takes per split.
+
+    Args:
+        parallel: ClassificationResult.parallel.
+
+    Returns:
+        One row per number of copies.
+    """
+    rows = []
+    for p in parallel:
+        s, root = p.summary, math.sqrt(p.summary.splits)
+        rows.append({"copies": p.copies, "splits": s.splits,
+                     "covered at every exit (%)": f"{100 * s.all_exit_coverage:.2f} ± {100 * s.all_exit_coverage_std / root:.2f}",
+                     "size exit 1": f"{s.size[0]:.3f} ± {s.size_std[0] / root:.3f}",
+                     "size last exit": f"{s.size[-1]:.3f} ± {s.size_std[-1] / root:.3f}",
+                     "ms to fit tau": 1e3 * p.fit_seconds, "ms to make the sets": 1e3 * p.eval_seconds})
+    return rows
 
 def _splits_sentence(c: Comparison, *, what: str, ours: str, reference: str, scale: float = 100.0, unit: str = " points") -> str:
     # paired_comparison over random calibration splits of ONE trained model: its words come from c.verdict only, and
