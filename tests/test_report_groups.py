@@ -3,6 +3,7 @@ numbers: each comparison's verdict comes from paired_comparison (checked on the 
 numbers against stated thresholds, and the tables' means and standard deviations by hand."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -26,7 +27,7 @@ def student(method: str, seed: int, worst: float, average: float = 0.9, *, setti
 
 
 def expected_sentence(ours_values: dict, reference_values: dict, **words) -> tuple[str, str]:
-    c = report.paired_comparison(ours_values, reference_values)
+    c = report.paired_comparison(ours_values, reference_values, bounds=report.FRACTION_DIFFERENCE)
     return c.verdict, report.comparison_sentence(c, **words)
 
 
@@ -41,18 +42,17 @@ def test_paired_findings_take_their_verdict_from_the_paired_comparison():
 
 @pytest.mark.parametrize("seeds, verdict", [(1, "too few seeds"), (2, "too few seeds"), (3, "clearly higher"), (5, "clearly higher")])
 def test_spurious_findings_decide_nothing_below_three_seeds(seeds, verdict):
-    runs = [SimpleNamespace(model=key, seed=s, test=metrics(0.5 + 0.1 * (key == "student_kd_erm") + 0.01 * s))
-            for s in range(seeds) for key in MODEL_NAMES]
-    result = SimpleNamespace(runs=runs, config=SimpleNamespace(mode="full"),
-                             per_seed=lambda key: {r.seed: r.test.worst_group for r in runs if r.model == key})
-    lines = spurious.spurious_findings(result)
-    assert len(lines) == len(PAIRS)
-    c = report.paired_comparison(result.per_seed("student_kd_erm"), result.per_seed("teacher_erm"))
+    runs = tuple(spurious.ModelRun(key, s, 1, metrics(0.5 + 0.1 * (key == "student_kd_erm") + 0.01 * s))
+                 for s in range(seeds) for key in MODEL_NAMES)
+    result = spurious.SpuriousResult(dataclasses.replace(spurious.FULL_CONFIG, seeds=tuple(range(seeds))), runs, {}, ("a", "b"), 0.0)
+    gate, *lines = spurious.spurious_findings(result)
+    assert gate.startswith("Competence gate: 5 of 5 models") and len(lines) == len(PAIRS)  # every model above the constants
+    c = report.paired_comparison(result.per_seed("student_kd_erm"), result.per_seed("teacher_erm"), bounds=report.FRACTION_DIFFERENCE)
     assert c.verdict == verdict
     assert lines[0] == report.comparison_sentence(c, what="test worst-group accuracy", ours=MODEL_NAMES["student_kd_erm"],
                                                   reference=MODEL_NAMES["teacher_erm"])
     assert "clearly" not in lines[1]  # the balanced student and teacher are equal in every seed
-    smoke = SimpleNamespace(runs=runs, config=SimpleNamespace(mode="smoke"), per_seed=result.per_seed)
+    smoke = dataclasses.replace(result, config=dataclasses.replace(result.config, mode="smoke"))
     assert spurious.spurious_findings(smoke)[0] == report.smoke_note("smoke")
 
 
@@ -73,7 +73,8 @@ def test_dedier_findings_pair_dedier_with_kd_and_every_baseline():
     lines = dedier.dedier_findings(results)
     worst = dedier.dedier_per_seed(results)
     verdict, sentence = expected_sentence(worst["DeDiER"], worst["KD"], what="test worst-group accuracy", ours="DeDiER", reference="KD")
-    assert verdict == "clearly higher" and lines[0] == sentence
+    assert lines[0].startswith("Competence gate:")  # these constructed students carry no gate verdict (competence None)
+    assert verdict == "clearly higher" and lines[1] == sentence
     average = dedier.dedier_per_seed(results, metric="average_train_weighted")
     assert report.paired_comparison(average["DeDiER"], average["KD"]).verdict == "clearly lower"  # 0.88 against 0.9
     by_reference = {line.split(" on ")[0]: line for line in lines}

@@ -82,16 +82,24 @@ def test_avcs_coverage_is_worded_against_the_stated_target_and_never_holds():
     assert "100% of single splits fall below" in line_below
 
 
-def test_method_differences_over_splits_go_through_the_paired_verdict():
+def test_method_differences_over_splits_of_one_model_give_means_with_monte_carlo_errors_and_no_verdict():
+    # Calibration splits of ONE trained model are n=1 for the seed rule: the sentence states the mean difference over
+    # the splits and its Monte Carlo standard error (computed here by hand), and never a verdict.
     rng = np.random.default_rng(1)
-    clear = set_experiment.set_sentences(classification([0.96] * 30, list(0.2 + 0.02 * rng.standard_normal(30)), list(0.05 + 0.01 * rng.standard_normal(30))))
-    assert "AVCS is clearly above per-exit RAPS" in next(l for l in clear if l.startswith("AVCS - per-exit RAPS"))
-    assert "clearly above RAPS with one u shared" in next(l for l in clear if l.startswith("RAPS with a fresh u"))
-    noise = set_experiment.set_sentences(classification([0.96] * 30, [0.1, -0.1] * 15, [0.01, -0.01] * 15))  # mean differences 0
-    assert "no clear difference" in next(l for l in noise if l.startswith("AVCS - per-exit RAPS"))
-    assert "no clear difference" in next(l for l in noise if l.startswith("RAPS with a fresh u"))
-    few = set_experiment.set_sentences(classification([0.96] * 2, [0.3, 0.3], [0.1, 0.1]))
-    assert "2 split(s) cannot decide" in next(l for l in few if l.startswith("AVCS - per-exit RAPS"))
+    gaps, ugaps = list(0.2 + 0.02 * rng.standard_normal(30)), list(0.05 + 0.01 * rng.standard_normal(30))
+    lines = set_experiment.set_sentences(classification([0.96] * 30, gaps, ugaps))
+    size = next(l for l in lines if l.startswith("AVCS - per-exit RAPS"))
+    d = np.asarray(gaps)  # AVCS's size is 1.2 + gap against RAPS's 1.2
+    assert f"{d.mean():+.2f} labels on average over 30 random calibration split(s) of one trained model" in size
+    assert f"Monte Carlo standard error {d.std(ddof=1) / np.sqrt(30):.2f} labels" in size
+    assert "one sample (n=1)" in size and "no verdict" in size
+    returning = next(l for l in lines if l.startswith("RAPS with a fresh u"))
+    u = 100 * np.asarray(ugaps)
+    assert f"{u.mean():+.2f} points" in returning and f"Monte Carlo standard error {u.std(ddof=1) / np.sqrt(30):.2f} points" in returning
+    assert not any("clearly" in line for line in lines)
+    one = set_experiment.set_sentences(classification([0.96], [0.3], [0.1]))
+    assert "over 1 random calibration split(s) of one trained model (one split, so no standard error" in next(
+        l for l in one if l.startswith("AVCS - per-exit RAPS"))
 
 
 def test_infeasible_avcs_thresholds_are_reported():

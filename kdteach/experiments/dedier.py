@@ -31,7 +31,7 @@ from kdteach.debias.diagnostics import weights_by_group
 from kdteach.groups import COMPETENCE_MARGIN, Competence, GroupMetrics, competence, shortcut_rules
 from kdteach.models.resnet import resnet18, resnet50, resnet_cifar
 from kdteach.plots.debias import plot_margin_histograms
-from kdteach.report import comparison_sentence, mean_std, paired_comparison, paired_findings, smoke_note
+from kdteach.report import FRACTION_DIFFERENCE, comparison_sentence, mean_std, paired_comparison, smoke_note
 from kdteach.train import cross_entropy_loss
 
 METHODS = ("ERM", "KD", "JTT", "Group DRO", "SimKD-style", "DeDiER")
@@ -544,7 +544,7 @@ def gated_sentence(results: Sequence[StudentResult], ours: str, reference: str, 
         return (f"{names.get(ours, ours)} vs {names.get(reference, reference)} on {what}: no verdict, a degenerate student "
                 f"(not clearly above the shortcut rules) in {which}.")
     values = dedier_per_seed(results, by, metric)
-    return comparison_sentence(paired_comparison(values[ours], values[reference]), what=what, ours=names.get(ours, ours),
+    return comparison_sentence(paired_comparison(values[ours], values[reference], bounds=FRACTION_DIFFERENCE), what=what, ours=names.get(ours, ours),
                                reference=names.get(reference, reference))
 
 
@@ -605,7 +605,8 @@ def paper_claim_sentence(results: Sequence[StudentResult]) -> str:
     if any(degenerate_seeds(results, label) for label in ("DeDiER", "KD")):
         return "The paper's claim cannot be judged here: a DeDiER or KD student is degenerate in some seed."
     worst, average = dedier_per_seed(results), dedier_per_seed(results, metric="average_train_weighted")
-    w, a = paired_comparison(worst["DeDiER"], worst["KD"]), paired_comparison(average["DeDiER"], average["KD"])
+    w = paired_comparison(worst["DeDiER"], worst["KD"], bounds=FRACTION_DIFFERENCE)
+    a = paired_comparison(average["DeDiER"], average["KD"], bounds=FRACTION_DIFFERENCE)
     if "too few seeds" in (w.verdict, a.verdict):
         return "The paper's claim cannot be judged from fewer than 3 seeds."
     held = w.verdict == "clearly higher" and a.verdict != "clearly lower"

@@ -27,7 +27,7 @@ from kdteach.exits import (ECE_BINS, EarlyExitRun, MultiExit, MultiExitLoss, Pol
 from kdteach.experiments import common
 from kdteach.models.resnet import CifarResNet
 from kdteach.plots.sets import plot_accuracy_vs_compute
-from kdteach.report import comparison_sentence, paired_comparison, smoke_note
+from kdteach.report import FRACTION_DIFFERENCE, comparison_sentence, paired_comparison, smoke_note
 
 EXITS = ("stem", "layer1", "layer2", "pooled")
 MODELS = (("mean of exit losses", 0.0), ("+ exit distillation", 0.5))  # (name, distill_weight)
@@ -183,7 +183,7 @@ def exit_sentences(result: ExitsResult, *, mode: str = "full", match_points: flo
     if best == exits - 1:
         lines.append(f"The last exit has the highest accuracy ({mean_accuracy[-1]:.1%}, mean over {len(ref)} seed(s)).")
     else:
-        c = paired_comparison({m.seed: m.exits[best].accuracy for m in ref}, {m.seed: m.exits[-1].accuracy for m in ref})
+        c = paired_comparison({m.seed: m.exits[best].accuracy for m in ref}, {m.seed: m.exits[-1].accuracy for m in ref}, bounds=FRACTION_DIFFERENCE)
         lines.append(comparison_sentence(c, what="test accuracy", ours=f"exit {best + 1}", reference="the last exit"))
     ece = [e.ece for e in first.exits]
     lines.append(f"ECE ({ECE_BINS} equal-width bins) ranges from {min(ece):.1%} to {max(ece):.1%} "
@@ -196,7 +196,8 @@ def exit_sentences(result: ExitsResult, *, mode: str = "full", match_points: flo
     for name in names[1:]:
         other = {m.seed: m for m in by_name[name]}
         for t in range(exits):
-            c = paired_comparison({s: m.exits[t].accuracy for s, m in other.items()}, {m.seed: m.exits[t].accuracy for m in ref})
+            c = paired_comparison({s: m.exits[t].accuracy for s, m in other.items()}, {m.seed: m.exits[t].accuracy for m in ref},
+                                  bounds=FRACTION_DIFFERENCE)
             lines.append(comparison_sentence(c, what=f"exit {t + 1} accuracy", ours=name, reference=names[0]))
     run = result.early_exit
     shares = ", ".join(f"{s:.0%}" for s in run.exit_shares)
@@ -304,7 +305,7 @@ def overthinking_sentence(rows: Sequence[ExitResult] | Sequence[dict[str, Any]],
     best = max(beating, key=lambda e: beating[e][2])
     by_seed = _accuracy_by_seed(rows, model)
     last = len(beating) + 1
-    c = paired_comparison({s: acc[best] for s, acc in by_seed.items()}, {s: acc[last] for s, acc in by_seed.items()})
+    c = paired_comparison({s: acc[best] for s, acc in by_seed.items()}, {s: acc[last] for s, acc in by_seed.items()}, bounds=FRACTION_DIFFERENCE)
     verdict = {"clearly higher": f"exit {best} is clearly more accurate than the last exit: overthinking in the sense of Kaya et al. (2019)",
                "too few seeds": f"{c.n} seed(s) cannot decide whether exit {best} beats the last exit (the rule needs 3)",
                }.get(c.verdict, f"no earlier exit is clearly more accurate than the last exit (best: exit {best}, {c.verdict})")

@@ -31,6 +31,7 @@ from kdteach.plots.soft_targets import plot_learning_curves
 from kdteach.train import History, evaluate, predict
 
 PAPER_ERRORS = (67, 146, 74)  # test errors of 10,000: teacher, student alone, distilled student
+ONE_ERROR = 1.0  # the comparison rule's resolution on error counts: "clearly" needs a mean beyond one test example
 
 
 @dataclass(frozen=True)
@@ -340,7 +341,7 @@ def hinton_omitted_rows(omitted: OmittedClass) -> list[dict[str, Any]]:
 def hinton_headline_sentences(headline: Headline) -> list[str]:
     """The headline in words: the three error counts, and distilled against alone through paired_comparison."""
     h = headline
-    c = paired_comparison([h.distilled_errors], [h.alone_errors])
+    c = paired_comparison([h.distilled_errors], [h.alone_errors], bounds=(-h.test_size, h.test_size), resolution=ONE_ERROR)
     return [f"Test errors out of {h.test_size}: teacher {h.teacher_errors}, student alone {h.alone_errors}, distilled student "
             f"{h.distilled_errors} (the paper, out of 10,000: {' / '.join(map(str, h.paper_errors))}).",
             comparison_sentence(c, what="test errors", ours="distilled student", reference="student alone", scale=1.0, unit=" errors")]
@@ -364,7 +365,7 @@ def hinton_seed_rows(seeds: SeedErrors) -> list[dict[str, Any]]:
 
 def hinton_seed_sentences(seeds: SeedErrors) -> list[str]:
     """The headline's students over seeds, in words: distilled against alone by paired_comparison."""
-    c = paired_comparison(list(seeds.distilled_errors), list(seeds.alone_errors))
+    c = paired_comparison(list(seeds.distilled_errors), list(seeds.alone_errors), bounds=(-seeds.test_size, seeds.test_size), resolution=ONE_ERROR)
     return [f"Over seeds {list(seeds.seeds)} (one teacher): student alone {mean_std(seeds.alone_errors)}, distilled "
             f"{mean_std(seeds.distilled_errors)} test errors out of {seeds.test_size}.",
             comparison_sentence(c, what="test errors", ours="distilled student", reference="student alone", scale=1.0, unit=" errors")]

@@ -20,7 +20,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from kdteach.data.batches import Batches
 from kdteach.experiments import common
 from kdteach.experiments import exits as exit_experiment
 from kdteach.plots.sets import plot_set_metrics, plot_wiggle_intervals
-from kdteach.report import Comparison, paired_comparison, smoke_note
+from kdteach.report import smoke_note
 from kdteach.sets import (AvcsFit, MethodSets, MethodSummary, SetMetrics, WiggleSplits, avcs_sets, bayesian_exit_predictive,
                           calibration_split, empty_share_by_region, fit_avcs_thresholds, interval_metrics, method_sets,
                           regression_intervals, set_metrics, summarize_splits, wiggle_splits)
@@ -260,7 +260,7 @@ def regression_experiment(mode: str | None = None, *, seed: int = 0, alpha: floa
 
 
 # Tables and sentences: coverage against the target is a plain threshold stated in the sentence; methods are compared
-# over calibration splits of one trained model.
+# over calibration splits of one trained model, which is n=1 for the seed rule: means with Monte Carlo standard errors.
 
 
 def set_summary_rows(summaries: Sequence[MethodSummary]) -> list[dict[str, Any]]:
@@ -471,22 +471,30 @@ def parallel_rows(parallel: Sequence[ParallelResult]) -> list[dict[str, Any]]:
                      "ms to fit tau": 1e3 * p.fit_seconds, "ms to make the sets": 1e3 * p.eval_seconds})
     return rows
 
-def _splits_sentence(c: Comparison, *, what: str, ours: str, reference: str, scale: float = 100.0, unit: str = " points") -> str:
-    # paired_comparison over random calibration splits of ONE trained model: its words come from c.verdict only, and
-    # the sentence says what the splits can and cannot show (they share the data, so the interval is optimistic).
-    if c.verdict == "too few seeds":
-        return f"{ours} - {reference} on {what}: {c.n} split(s) cannot decide whether there is a difference."
-    outcome = {"clearly higher": f"{ours} is clearly above {reference}", "clearly lower": f"{ours} is clearly below {reference}",
-               "no clear difference": "zero lies inside the interval: no clear difference"}[c.verdict]
-    return (f"{ours} - {reference} on {what}: {c.mean * scale:+.2f}{unit} on average over {c.n} random calibration splits of one "
-            f"trained model (95% interval {c.low * scale:+.2f} to {c.high * scale:+.2f}, above zero in {c.n_higher}): {outcome}.")
+def _splits_sentence(ours_values: Mapping[int, float], reference_values: Mapping[int, float], *, what: str, ours: str, reference: str,
+                     scale: float = 100.0, unit: str = " points") -> str:
+    # Random calibration splits of ONE trained model are not seeds: they redraw which of the same digits calibrate,
+    # with the same logits, so for anything about training they are one sample (n=1). The sentence gives the mean
+    # difference over the splits with its Monte Carlo standard error (how precisely the splits pin down this model's
+    # mean) and no verdict: the seed rule (paired_comparison) is not applied to them.
+    shared = sorted(set(ours_values) & set(reference_values))
+    if not shared:
+        return f"{ours} - {reference} on {what}: no split has both."
+    diffs = [ours_values[s] - reference_values[s] for s in shared]
+    mean, error = monte_carlo_error(diffs)
+    n = len(diffs)
+    spread = f"Monte Carlo standard error {error * scale:.2f}{unit}" if n > 1 else "one split, so no standard error"
+    return (f"{ours} - {reference} on {what}: {mean * scale:+.2f}{unit} on average over {n} random calibration split(s) of one trained "
+            f"model ({spread}; above zero in {sum(d > 0 for d in diffs)} of {n}). One trained model is one sample (n=1): the splits show "
+            "how the two methods differ on this model's outputs, not whether another training run would agree, so no verdict is given.")
 
 
 def set_sentences(result: ClassificationResult, *, mode: str = "full") -> list[str]:
     """The findings of notebook 06's classification comparison, from a ClassificationResult.
 
     Coverage against the target 1 - alpha is a plain threshold on the mean over splits (stated in the sentence);
-    differences between methods go through paired_comparison over the splits.
+    differences between methods are means over the splits with their Monte Carlo standard error and no verdict: every
+    split uses the same trained model, one sample for the seed rule (n=1, not n=splits).
 
     Args:
         result: the ClassificationResult (alpha, splits with per-method SetMetrics and AvcsFit, summaries, parallel).
@@ -507,7 +515,7 @@ def set_sentences(result: ClassificationResult, *, mode: str = "full") -> list[s
     lines = [f"Per-exit sets, smallest N(t) / share of digits with a label that comes back (means over {n} splits): {listed}. "
              "N(t) < 1 means not nested."]
     returning = {m: per_split(m, lambda s: s.returning) for m in ("RAPS", "RAPS shared u", "RAPS no u")}
-    lines.append(_splits_sentence(paired_comparison(returning["RAPS"], returning["RAPS shared u"]), what="share of digits with a returning label",
+    lines.append(_splits_sentence(returning["RAPS"], returning["RAPS shared u"], what="share of digits with a returning label",
                                   ours="RAPS with a fresh u per exit", reference="RAPS with one u shared"))
     lines.append(f"With one u shared, randomised RAPS changes across exits only through the exits' probabilities and thresholds: "
                  f"its {by['RAPS shared u'].returning:.1%} of digits with a returning label is what the exits' disagreement does; "
@@ -529,7 +537,7 @@ def set_sentences(result: ClassificationResult, *, mode: str = "full") -> list[s
                      f"at every exit (at most {max(f.floor_coverage for f in infeasible):.2%} against {infeasible[0].required_coverage:.2%} "
                      "needed): there tau stays at it without a guarantee, because the network's logits, not the threshold, cap AVCS's coverage.")
     sizes = {m: per_split(m, lambda s: np.mean(s.size)) for m in ("AVCS", "RAPS")}
-    lines.append(_splits_sentence(paired_comparison(sizes["AVCS"], sizes["RAPS"]), what="mean set size over exits (labels; empty sets count 0)",
+    lines.append(_splits_sentence(sizes["AVCS"], sizes["RAPS"], what="mean set size over exits (labels; empty sets count 0)",
                                   ours="AVCS", reference="per-exit RAPS", scale=1.0, unit=" labels")
                  + f" Means: AVCS {np.mean(avcs.size):.2f}, RAPS {np.mean(by['RAPS'].size):.2f}, RAPS ∩ {np.mean(by['RAPS ∩'].size):.2f}.")
     empties = ", ".join(f"{m} {np.mean(by[m].empty_rate):.1%}" for m in ("AVCS", "RAPS", "RAPS shared u", "APS", "LAC", "RAPS ∩"))

@@ -28,7 +28,7 @@ from kdteach.groups import AVERAGE_CONVENTIONS, COMPETENCE_MARGIN, Competence, G
 from kdteach.models.resnet import CifarResNet, resnet_cifar
 from kdteach.plots.groups import plot_group_accuracies, plot_probes
 from kdteach.probes import StageProbe, probe_stages
-from kdteach.report import paired_findings, smoke_note
+from kdteach.report import FRACTION_DIFFERENCE, paired_findings, smoke_note
 from kdteach.train import History
 
 MODEL_NAMES = {"teacher_erm": "teacher (ERM)", "teacher_balanced": "teacher (group-balanced)", "student_alone": "student alone (ERM)",
@@ -281,7 +281,8 @@ def spurious_findings(result: SpuriousResult) -> list[str]:
         if degenerate[ours] or degenerate[reference]:
             lines.append(f"{MODEL_NAMES[ours]} vs {MODEL_NAMES[reference]}: no verdict, a degenerate model in some seed.")
         else:
-            lines += paired_findings(values, [(ours, reference)], what="test worst-group accuracy", names=MODEL_NAMES)
+            lines += paired_findings(values, [(ours, reference)], what="test worst-group accuracy", names=MODEL_NAMES,
+                                     bounds=FRACTION_DIFFERENCE)
     return lines
 
 

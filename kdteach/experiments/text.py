@@ -35,7 +35,7 @@ from kdteach.experiments import common
 from kdteach.groups import AVERAGE_CONVENTIONS, GroupMetrics, group_counts, group_metrics
 from kdteach.models.text import STUDENT_CHECKPOINT, TEACHER_CHECKPOINT, TextClassifier, text_classifier
 from kdteach.plots.debias import plot_margin_histograms
-from kdteach.report import Comparison, comparison_sentence, mean_std, paired_comparison, smoke_note, summarize_seeds
+from kdteach.report import FRACTION_DIFFERENCE, Comparison, comparison_sentence, mean_std, paired_comparison, smoke_note, summarize_seeds
 from kdteach.train import History, predict
 
 # What full mode fetches on first use (then cached by transformers / datasets under HF_HOME).
@@ -401,14 +401,14 @@ def text_model_rows(result: TextResult) -> list[dict[str, Any]]:
 def text_dedier_vs_kd(result: TextResult, metric: str = "worst_group") -> Comparison:
     """DeDiER - KD on a GroupMetrics field (default worst-group accuracy), paired over the student seeds."""
     ours, reference = ({seed: getattr(s, metric) for seed, s in result.scores(name).items()} for name in ("DeDiER", "KD"))
-    return paired_comparison(ours, reference)
+    return paired_comparison(ours, reference, bounds=FRACTION_DIFFERENCE)
 
 
 def text_kd_vs_teacher(result: TextResult) -> Comparison:
     """KD student - teacher on worst-group accuracy, seed by seed against the one teacher every student learns from."""
     teacher = next(iter(result.scores("teacher").values())).worst_group
     kd = result.scores("KD")
-    return paired_comparison({seed: s.worst_group for seed, s in kd.items()}, {seed: teacher for seed in kd})
+    return paired_comparison({seed: s.worst_group for seed, s in kd.items()}, {seed: teacher for seed in kd}, bounds=FRACTION_DIFFERENCE)
 
 
 def text_sentences(result: TextResult, *, mode: str = "full") -> list[str]:
