@@ -1,4 +1,9 @@
-"""Tables, provenance and result files: how every experiment writes what it measured."""
+"""Tables, provenance and result files: how every experiment writes what it measured.
+
+A result file names the code that made it: provenance() records the commit and whether the package's own files
+had uncommitted changes ("dirty", "dirty_files"), and write_report refuses to write a full-mode result (a reference
+result) from such a tree unless told to, so a committed result always comes from committed code.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -14,15 +19,14 @@ import torch
 
 from kdteach.groups import GroupMetrics
 
-PACKAGE_DIR = Path(__file__).resolve().parent.parent  # kdteach/: the code whose commit provenance records
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # kdteach/: the code whose state provenance records
+ALLOW_DIRTY_ENV = "KDTEACH_ALLOW_DIRTY"
 
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.4g}"
     return str(value)
-
-
 def markdown_table(rows: Sequence[Mapping[str, Any]] | Sequence[Any], columns: Sequence[str] | None = None) -> str:
     """Renders rows (dicts or dataclasses) as a Markdown table; floats get 4 significant digits.
 
@@ -58,8 +62,29 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+
+def _git(*args: str) -> str | None:
+    # git's output run in the package's folder, or None where there is no git or no repository (a pip install).
+    try:
+        return subprocess.run(["git", *args], capture_output=True, text=True, check=True, cwd=PACKAGE_DIR).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def working_tree_changes() -> int | None:
+    """How many of the package's own files (kdteach/) differ from the commit: modified, staged, deleted or new
+    (untracked and not ignored); None outside a git checkout (e.g. an installed package), where it cannot be known.
+
+    Returns:
+        The count of changed paths, or None.
+    """
+    status = _git("status", "--porcelain", "--untracked-files=all", "--", ".")
+    return None if status is None else sum(1 for line in status.splitlines() if line.strip())
+
+
 def provenance(*, config: Any, seeds: Sequence[int], wall_seconds: float, device: str) -> dict[str, Any]:
-    """The provenance fields every result file carries: commit, date, device, torch, wall_seconds, seeds, config.
+    """The provenance fields every result file carries: commit, dirty, dirty_files, date, device, torch, wall_seconds,
+    seeds, config.
 
     Args:
         config: the experiment's configuration (a dataclass).
@@ -68,45 +93,80 @@ def provenance(*, config: Any, seeds: Sequence[int], wall_seconds: float, device
         device: the torch device it ran on ("cpu" becomes "N-core CPU", a CUDA device its card's name).
 
     Returns:
-        A JSON-ready dict.
+        A JSON-ready dict; "dirty" is True when the package's files had uncommitted changes (working_tree_changes()
+        of them, in "dirty_files"), False when they had none, None (and dirty_files None) outside a git checkout.
     """
     if device.startswith("cuda") and torch.cuda.is_available():
         device = torch.cuda.get_device_name(torch.device(device))
     elif device == "cpu":
         device = f"{os.cpu_count()}-core CPU"
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                                cwd=PACKAGE_DIR).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    return {"commit": commit, "date": time.strftime("%Y-%m-%d"), "device": device, "torch": torch.__version__,
-            "wall_seconds": round(float(wall_seconds), 1), "seeds": list(seeds), "config": to_jsonable(config)}
+    commit = (_git("rev-parse", "--short", "HEAD") or "").strip() or "unknown"
+    changed = working_tree_changes()
+    return {"commit": commit, "dirty": None if changed is None else changed > 0, "dirty_files": changed, "date": time.strftime("%Y-%m-%d"),
+            "device": device, "torch": torch.__version__, "wall_seconds": round(float(wall_seconds), 1), "seeds": list(seeds),
+            "config": to_jsonable(config)}
+
+
+def check_clean_tree(mode: str, *, dirty_files: int | None, allow_dirty: bool = False) -> None:
+    """Refuses a full-mode (reference) result from a tree with uncommitted changes, unless told to.
+
+    Smoke mode always passes (its numbers are not evidence); so does a tree whose state is unknown (None: not a git
+    checkout, e.g. an installed package reproducing a result).
+
+    Args:
+        mode: "full" or "smoke".
+        dirty_files: working_tree_changes() (or the "dirty_files" a provenance recorded).
+        allow_dirty: write it anyway (the result then says "dirty": true); the environment variable
+            KDTEACH_ALLOW_DIRTY=1 does the same.
+
+    Raises:
+        RuntimeError: in full mode with dirty_files > 0 and neither allow_dirty nor KDTEACH_ALLOW_DIRTY=1.
+    """
+    if mode != "full" or not dirty_files or allow_dirty or os.environ.get(ALLOW_DIRTY_ENV) == "1":
+        return
+    raise RuntimeError(f"refusing to write a full-mode result: {dirty_files} file(s) of the package ({PACKAGE_DIR}) have uncommitted "
+                       f"changes, so the result could not name the code that made it (`git status -- {PACKAGE_DIR.name}` lists them). "
+                       f"Commit them first, or write it anyway with allow_dirty=True or {ALLOW_DIRTY_ENV}=1 (it then records dirty: true).")
+
+
+def _findings_markdown(findings: Any) -> str:
+    # The findings as a bullet list, one "- " line per sentence; a bare string would print one character per bullet.
+    if isinstance(findings, str) or not isinstance(findings, Sequence) or not all(isinstance(f, str) for f in findings):
+        raise ValueError(f"meta['findings'] must be a list of sentences (strings), got {type(findings).__name__}: {findings!r:.80}")
+    return "## Findings\n\n" + "".join(f"- {line}\n" for line in findings if line) + "\n"
 
 
 def write_report(out: str | Path, name: str, *, rows: Sequence[Any], meta: Mapping[str, Any],
-                 figures: Mapping[str, Any] | None = None, title: str = "", result: object | None = None) -> Path:
-    """Writes NAME.json (meta, rows and the typed result), NAME.md (the table) and one PNG per figure into out.
+                 figures: Mapping[str, Any] | None = None, title: str = "", result: object | None = None,
+                 allow_dirty: bool = False) -> Path:
+    """Writes NAME.json (meta, rows and the typed result), NAME.md (the provenance, the findings as a bullet list and
+    the table) and one PNG per figure into out.
 
     Args:
         out: folder (created).
         name: file stem.
         rows: the table (dicts or dataclasses).
-        meta: what produced it (provenance(), mode, ...).
+        meta: what produced it (provenance(), mode, findings: a list of sentences, ...).
         figures: name -> matplotlib Figure.
         title: a heading for the Markdown file.
         result: the typed result (a dataclass), stored whole under "result".
+        allow_dirty: write a full-mode result even though meta says the package had uncommitted changes (see
+            check_clean_tree; KDTEACH_ALLOW_DIRTY=1 does the same).
 
     Returns:
         The folder written to.
     """
+    dirty_files = meta["dirty_files"] if "dirty_files" in meta else working_tree_changes()
+    check_clean_tree(str(meta.get("mode", "")), dirty_files=dirty_files, allow_dirty=allow_dirty)
+    findings = _findings_markdown(meta["findings"]) if "findings" in meta else ""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     payload = {"meta": to_jsonable(meta), "rows": to_jsonable(list(rows))}
     if result is not None:
         payload["result"] = to_jsonable(result)
-    (out / f"{name}.json").write_text(json.dumps(payload, indent=2))
-    header = f"# {title or name}\n\n" + "".join(f"- {k}: {v}\n" for k, v in meta.items() if k != "config")
-    (out / f"{name}.md").write_text(header + "\n" + markdown_table(rows) + "\n")
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    header = f"# {title or name}\n\n" + "".join(f"- {k}: {v}\n" for k, v in meta.items() if k not in ("config", "findings"))
+    (out / f"{name}.md").write_text(header + "\n" + findings + markdown_table(rows) + "\n", encoding="utf-8")
     for fig_name, fig in (figures or {}).items():
         fig.savefig(out / f"{fig_name}.png", dpi=100, bbox_inches="tight")
     return out
