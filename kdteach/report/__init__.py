@@ -1,7 +1,8 @@
 """What every notebook shares in presenting results, one module per idea; `kd.report.<name>` reaches all of it.
 
 - rule: seed summaries, THE comparison rule (paired_comparison, comparison_sentence, paired_findings), intervals that
-  never leave the metric's range, the resolution below which nothing is "clearly" different;
+  never leave the metric's range, the resolution below which nothing is "clearly" different, and no verdict on a
+  degenerate model (one that fails kdteach.groups.competence, the competence gate);
 - files: tables, provenance (with the working tree's state) and result files.
 
 Every experiment returns typed results (dataclasses of numbers), and each experiment module

@@ -6,7 +6,9 @@ Runs of the same seed share the initialisation and the batch order, so two metho
 - the interval excludes zero AND the mean difference exceeds the stated resolution: "clearly higher" / "clearly lower";
 - otherwise: "no clear difference" (the interval straddles zero, or the difference is below the resolution),
   whatever the means say.
-`comparison_sentence` is the one sentence printed about a comparison.
+`comparison_sentence` is the one sentence printed about a comparison; given each side's Competence per seed it says
+"degenerate model, no verdict" instead when a model on either side has not learned the task
+(kdteach.groups.competence: not clearly above the constant and shortcut rules).
 
 The interval, and why not a percentile bootstrap. Both intervals here (`paired_comparison`'s for a mean difference,
 `mean_interval`'s for a mean) are the 95% t-interval intersected with the metric's range (`bounds`: [-1, 1] for a
@@ -28,6 +30,8 @@ from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 from scipy import stats
+
+from kdteach.groups import Competence
 
 MIN_SEEDS = 3  # no verdict from fewer seeds
 CONFIDENCE = 0.95
@@ -226,8 +230,22 @@ def paired_comparison(ours: Mapping[Any, float] | Sequence[float], reference: Ma
     return Comparison(tuple(float(d) for d in diffs), mean, low, high, n, int((diffs > 0).sum()), verdict, float(resolution), tuple(seeds))
 
 
-def comparison_sentence(c: Comparison, *, what: str, ours: str, reference: str, scale: float = 100.0, unit: str = " points") -> str:
-    """The one sentence printed about a paired comparison; its words come from c.verdict only.
+def _degenerate_words(name: str, competences: Mapping[Any, Competence] | None) -> str:
+    # "KD (seed 1: follows the spurious-attribute rule, mean over groups 50.0% against its 50.0%)", or "" when every
+    # model of that side is competent (or nothing was checked).
+    bad = [(seed, c) for seed, c in (competences or {}).items() if not c.competent]
+    if not bad:
+        return ""
+    parts = [f"seed {seed}: {'follows the ' + c.rule_followed if c.rule_followed else 'not clearly above the ' + c.best_rule}, "
+             f"mean over groups {c.mean_over_groups:.1%} against its {c.best_rule_mean:.1%}" for seed, c in bad]
+    return f"{name} ({'; '.join(parts)})"
+
+
+def comparison_sentence(c: Comparison, *, what: str, ours: str, reference: str, scale: float = 100.0, unit: str = " points",
+                        ours_competence: Mapping[Any, Competence] | None = None,
+                        reference_competence: Mapping[Any, Competence] | None = None) -> str:
+    """The one sentence printed about a paired comparison; its words come from c.verdict only, unless a model on
+    either side is degenerate (then "degenerate model, no verdict", whatever the verdict).
 
     Args:
         c: the Comparison.
@@ -235,6 +253,8 @@ def comparison_sentence(c: Comparison, *, what: str, ours: str, reference: str, 
         ours, reference: names of the two methods.
         scale: multiply differences before printing (100: fractions as percentage points).
         unit: appended to numbers.
+        ours_competence, reference_competence: {seed: kdteach.groups.Competence} of each side's models; None: not
+            checked. A model that is not competent in any of its seeds withholds the verdict.
 
     Returns:
         A sentence such as "DeDiER - KD on worst-group accuracy, seed by seed: +12.0, +9.5, +14.1 points (mean +11.9
@@ -245,6 +265,10 @@ def comparison_sentence(c: Comparison, *, what: str, ours: str, reference: str, 
     if c.n == 0:
         return f"{ours} - {reference} on {what}: no seed has both, so nothing can be compared."
     head = f"{ours} - {reference} on {what}, seed by seed: {per_seed}{unit}"
+    degenerate = [w for w in (_degenerate_words(ours, ours_competence), _degenerate_words(reference, reference_competence)) if w]
+    if degenerate:
+        return (f"{head}: degenerate model, no verdict: " + " and ".join(degenerate) + " has not learned the task (the competence "
+                "gate, kdteach.groups.competence), so the difference says nothing about the methods.")
     if c.verdict == "too few seeds":
         return f"{head}. {c.n} seed(s) cannot decide whether the difference is real (the course's rule needs at least {MIN_SEEDS})."
     resolution = f"{c.resolution * scale:g}{unit}"
@@ -262,7 +286,8 @@ def comparison_sentence(c: Comparison, *, what: str, ours: str, reference: str, 
 
 
 def paired_findings(values: Mapping[str, Mapping[Any, float]], pairs: Sequence[tuple[str, str]], *, what: str,
-                    names: Mapping[str, str] | None = None, bounds: tuple[float, float] = UNBOUNDED, resolution: float = RESOLUTION) -> list[str]:
+                    names: Mapping[str, str] | None = None, bounds: tuple[float, float] = UNBOUNDED, resolution: float = RESOLUTION,
+                    competences: Mapping[str, Mapping[Any, Competence]] | None = None) -> list[str]:
     """One comparison_sentence per (ours, reference) pair whose two members are in values, paired over seeds.
 
     Args:
@@ -271,13 +296,15 @@ def paired_findings(values: Mapping[str, Mapping[Any, float]], pairs: Sequence[t
         what: the quantity, e.g. "test worst-group accuracy".
         names: display names (default: the names themselves).
         bounds, resolution: paired_comparison's (the range of a difference; the smallest "clear" one).
+        competences: name -> {seed: Competence}, to withhold verdicts on degenerate models (None: not checked).
 
     Returns:
         The sentences.
     """
-    names = names or {}
+    names, competences = names or {}, competences or {}
     return [comparison_sentence(paired_comparison(values[a], values[b], bounds=bounds, resolution=resolution), what=what,
-                                ours=names.get(a, a), reference=names.get(b, b))
+                                ours=names.get(a, a), reference=names.get(b, b), ours_competence=competences.get(a),
+                                reference_competence=competences.get(b))
             for a, b in pairs if a in values and b in values]
 
 
