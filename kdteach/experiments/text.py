@@ -32,7 +32,7 @@ from kdteach.data.text import TEXT_DATASETS as DATASETS, TextData, conflicting_g
 from kdteach.debias import DeDiERReweighting, EarlyReadout, dedier_weights, readout_by_group, weights_by_group
 from kdteach.distill import KDLoss, cache_teacher_logits
 from kdteach.experiments import common
-from kdteach.groups import AVERAGE_CONVENTIONS, GroupMetrics, group_counts, group_metrics
+from kdteach.groups import AVERAGE_CONVENTIONS, Competence, GroupMetrics, competence, group_counts, group_metrics, shortcut_rules
 from kdteach.models.text import STUDENT_CHECKPOINT, TEACHER_CHECKPOINT, TextClassifier, text_classifier
 from kdteach.plots.debias import plot_margin_histograms
 from kdteach.report import FRACTION_DIFFERENCE, Comparison, comparison_sentence, mean_std, paired_comparison, smoke_note, summarize_seeds
@@ -311,6 +311,7 @@ class ModelScores:
     test: GroupMetrics
     best_epoch: int
     val_worst_group: tuple[float, ...]
+    competence: Competence | None = None  # the competence gate on its test groups (None: not judged)
 
 
 @dataclass(frozen=True)
@@ -340,7 +341,10 @@ class TextRun:
 
 
 def _scores(name: str, seed: int, model: TextClassifier, history: History, data: TextData) -> ModelScores:
-    return ModelScores(name, seed, test_scores(model, data), int(history.best_epoch), tuple(history.column("val_worst_group")))
+    test = test_scores(model, data)
+    # Constants are the shortcut rules every grouping has (the negation cue's rule is not one of shortcut_rules' kinds).
+    rules = shortcut_rules(data.num_classes, max(len(test.per_group) // data.num_classes, 1))
+    return ModelScores(name, seed, test, int(history.best_epoch), tuple(history.column("val_worst_group")), competence(test.per_group, rules))
 
 
 def run_experiment(cfg: TextConfig, *, data: TextData | None = None, device: torch.device | str | None = None, progress: bool = True) -> TextRun:
@@ -387,14 +391,16 @@ def text_summary_rows(result: TextResult) -> list[dict[str, Any]]:
         scores = list(result.scores(name).values())
         rows.append({"model": _TEXT_NAMES[name], "seeds": len(scores),
                      "worst-group": mean_std([s.worst_group for s in scores], scale=100),
-                     "average (test)": mean_std([s.average_test for s in scores], scale=100)})
+                     "average (test)": mean_std([s.average_test for s in scores], scale=100),
+                     "competent (seeds)": f"{sum(m.competence.competent for m in result.models if m.model == name and m.competence)}/{len(scores)}"})
     return rows
 
 
 def text_model_rows(result: TextResult) -> list[dict[str, Any]]:
     """One row per model and seed (accuracies as fractions): worst-group, the averages, each test group, best epoch."""
     return [{"model": _TEXT_NAMES[m.model], "seed": m.seed, "worst-group": m.test.worst_group, "average (test)": m.test.average_test,
-             "average (uniform)": m.test.mean_over_groups, **dict(zip(m.test.group_names, m.test.per_group)), "best epoch": m.best_epoch}
+             "average (uniform)": m.test.mean_over_groups, **dict(zip(m.test.group_names, m.test.per_group)), "best epoch": m.best_epoch,
+             "gate": m.competence.label() if m.competence else "-"}
             for m in result.models]
 
 
@@ -409,6 +415,10 @@ def text_kd_vs_teacher(result: TextResult) -> Comparison:
     teacher = next(iter(result.scores("teacher").values())).worst_group
     kd = result.scores("KD")
     return paired_comparison({seed: s.worst_group for seed, s in kd.items()}, {seed: teacher for seed in kd}, bounds=FRACTION_DIFFERENCE)
+
+
+def _competences(result: TextResult, model: str) -> dict[int, Competence]:
+    return {m.seed: m.competence for m in result.models if m.model == model and m.competence is not None}
 
 
 def text_sentences(result: TextResult, *, mode: str = "full") -> list[str]:
@@ -428,10 +438,15 @@ def text_sentences(result: TextResult, *, mode: str = "full") -> list[str]:
         lines.append(f"{_TEXT_NAMES[name]}: worst-group {100 * worst:.1f}% against {100 * average:.1f}% average (test), "
                      f"mean over {len(scores)} seed(s).")
     if {"KD", "DeDiER"} <= set(_text_models(result)):
-        lines.append(comparison_sentence(text_dedier_vs_kd(result), what="worst-group accuracy", ours="DeDiER", reference="KD"))
-        lines.append(comparison_sentence(text_dedier_vs_kd(result, "average_test"), what="average (test) accuracy", ours="DeDiER", reference="KD"))
+        gates = {"ours_competence": _competences(result, "DeDiER"), "reference_competence": _competences(result, "KD")}
+        lines.append(comparison_sentence(text_dedier_vs_kd(result), what="worst-group accuracy", ours="DeDiER", reference="KD", **gates))
+        lines.append(comparison_sentence(text_dedier_vs_kd(result, "average_test"), what="average (test) accuracy", ours="DeDiER",
+                                         reference="KD", **gates))
     if {"KD", "teacher"} <= set(_text_models(result)):
-        lines.append(comparison_sentence(text_kd_vs_teacher(result), what="worst-group accuracy", ours="KD student", reference="teacher"))
+        teacher = next(iter(_competences(result, "teacher").values()), None)
+        lines.append(comparison_sentence(text_kd_vs_teacher(result), what="worst-group accuracy", ours="KD student", reference="teacher",
+                                         ours_competence=_competences(result, "KD"),
+                                         reference_competence={seed: teacher for seed in result.scores("KD")} if teacher else None))
     groups = [g for g in result.readout if not math.isnan(g.upweighted)]
     if groups:
         top, bottom = max(groups, key=lambda g: g.upweighted), min(reversed(groups), key=lambda g: g.upweighted)
