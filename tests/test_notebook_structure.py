@@ -94,3 +94,44 @@ def test_code_cells_are_short(path):
             and not source(c).startswith(BUILD_MARK) and not source(c).startswith(SETUP_MARK)
             and len(source(c).splitlines()) > MAX_CODE_LINES]
     assert not long, f"{path.name}: code cells longer than {MAX_CODE_LINES} lines: {long}"
+
+
+SCORECARD_HEAD = "## Scorecard: the paper's claims beside this course's measurements"
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.name[:2] != "00"], ids=lambda p: p.name)
+def test_a_scorecard_before_the_exercises(path):
+    all_cells = cells(path)
+    heads = [i for i, c in enumerate(all_cells) if c["cell_type"] == "markdown" and source(c).lstrip().startswith(SCORECARD_HEAD)]
+    assert len(heads) == 1, f"{path.name}: want one markdown cell starting {SCORECARD_HEAD!r}"
+    after = all_cells[heads[0] + 1]
+    assert after["cell_type"] == "code" and f'kd.scorecard.scorecard_table("{path.name[:2]}")' in source(after), \
+        f"{path.name}: the scorecard heading is not followed by kd.scorecard.scorecard_table({path.name[:2]!r})"
+    exercises_at = next(i for i, c in enumerate(all_cells) if c["cell_type"] == "markdown" and source(c).lstrip().startswith("## Exercises"))
+    assert heads[0] < exercises_at, f"{path.name}: the scorecard comes after the exercises"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_the_facilitator_guide_is_linked_near_the_top(path):
+    first = [source(c) for c in cells(path)[:4] if c["cell_type"] == "markdown"]
+    assert any("](../docs/facilitator.md)" in m for m in first), f"{path.name}: no link to ../docs/facilitator.md near the top"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_predict_before_each_headline_result(path):
+    # At least one prediction is asked for outside the exercises, before a result is computed.
+    md = [m for m in markdown(path) if not m.lstrip().startswith("### Exercise")]
+    assert any("predict before you run" in m.lower() for m in md), f"{path.name}: no 'Predict before you run' before a result"
+
+
+def test_the_core_of_03_fits_a_session_and_the_rest_is_marked():
+    # The ablations, the official code's switches and real data come after the core, under one marked heading.
+    path = ROOT / "03_early_readouts.ipynb"
+    md = markdown(path)
+    further = next((i for i, m in enumerate(md) if m.lstrip().startswith("## Going further (not needed for the 90-minute session)")), None)
+    assert further is not None, "03: no 'Going further (not needed for the 90-minute session)' part"
+    for step in ("## Step 5", "## Step 6", "## Step 7", "## Real data"):
+        at = next(i for i, m in enumerate(md) if m.lstrip().startswith(step))
+        assert at > further, f"03: {step!r} is in the core, before the going-further part"
+    core_end = next(i for i, m in enumerate(md) if m.lstrip().startswith("## Questions to discuss"))
+    assert core_end < further, "03: the going-further part must come after the core's exercises and questions"
