@@ -2,81 +2,121 @@
 
 DeDiER trusts an early readout of the student to find the examples it gets wrong for the wrong reason; Jazbec et
 al. trust the student's early exits to give prediction sets that stay valid as computation goes on. Here one
-multi-exit student (exits after layer1, layer2 and the pooled features) is distilled from notebook 02's debiased
-teacher three ways, every seed from the same initial weights (a paired comparison):
+multi-exit student (exits after layer1, layer2 and the pooled features) is distilled from a debiased teacher three
+ways, every seed from the same initial weights (a paired comparison):
 
 - "KD": every exit distils from the teacher (the mean over exits of notebook 03's KD loss);
 - "DeDiER, detached readout": the same loss, reweighted by DeDiER's weights from a readout on layer1 that is
   retrained on the student's frozen features after every epoch (as in notebook 03: it learns nothing into the student);
 - "DeDiER, exit 1": the same, with the weights read off the student's own first exit, trained jointly with it.
 
-Every student keeps its last epoch (no epoch selection, so no validation group label is used). On the test split,
-per exit and per group: accuracy, and for split-conformal LAC and RAPS sets and AVCS sets, the coverage, size, empty
-rate and nestedness, each calibrated on random calibration splits of the test set (as notebook 06 does), averaged
-over the splits. The teacher's sets (one exit) are measured on the same splits. capstone_rows, capstone_accuracy_rows
-and capstone_sentences present a DatasetResult, every comparison through kdteach.report's one rule.
+Two datasets (DATASETS):
+- "colored_digits_10": ten digit classes, each painted in its own colour in most training images and in a random other
+  colour otherwise (the "biased MNIST" construction of Bahng et al., ICML 2020), colour independent of the class in
+  validation and test; two groups, bias-aligned (colour = the digit's colour) and bias-conflicting. Ten classes let
+  a set hold anything from no label to ten, so its size says how unsure a model is.
+- "waterbirds_like": notebook 02's two-class stand-in, its four groups. With two classes a set is empty, one label or
+  both, so its size carries little (see the report's sentence on two classes).
+
+The students follow notebook 03's recipe (dedier.config(mode): the ResNet, epochs, optimiser, augmentation, T,
+DeDiER's weights) and keep their LAST epoch, which is after DeDiER's first reweighting (checked in train_student), so
+no validation group label picks anything. On the test split, per exit and per group: accuracy (and whether the exit
+has learned the task: kdteach.report's competence check), and four kinds of sets, each calibrated on random
+calibration splits of the test set and measured on the rest (kdteach.experiments.capstone_sets). The teacher's sets
+(one exit) are measured on the same splits. The tables and sentences are in kdteach.experiments.capstone_report.
 """
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from kdteach import report, runtime
-from kdteach.debias import DeDiERReweighting, student_left_as_is
-from kdteach.distill import KDLoss
+from kdteach import checks, report, runtime
+from kdteach.data.grouped import GroupedData, colored_digits, training_augmentation
+from kdteach.debias import DeDiERReweighting, student_left_as_is, teacher_features
+from kdteach.distill import KDLoss, cache_teacher_logits
 from kdteach.exits import MultiExit, exit_logits
-from kdteach.experiments import common, dedier
 from kdteach.groups import group_metrics
+from kdteach.experiments import common, dedier
+from kdteach.experiments.capstone_sets import SET_METHODS, ModelOutcome, measure
 from kdteach.models.resnet import resnet_cifar
-from kdteach.plots.sets import plot_group_coverage
-from kdteach.report import comparison_sentence, mean_interval, mean_std, paired_comparison, smoke_note
-from kdteach.sets import MethodSummary, calibration_split, method_sets, set_metrics, summarize_splits
 from kdteach.train import predict
 
 VARIANTS = ("KD", "DeDiER, detached readout", "DeDiER, exit 1")
-SET_METHODS = ("LAC", "RAPS", "AVCS")
 EXITS = ("layer1", "layer2", "pooled")  # the last exit is the student's own classifier on pooled features
-DATASETS = dedier.DATASETS
+DIGITS = "colored_digits_10"
+DATASETS = (DIGITS, "waterbirds_like")
+DIGIT_GROUPS = ("colour agrees with the digit (aligned)", "colour disagrees (conflicting)")
+
+__all__ = ["VARIANTS", "EXITS", "DIGITS", "DATASETS", "SET_METHODS", "CapstoneConfig", "SMOKE_CONFIG", "FULL_CONFIG", "config",
+           "MultiExitKDLoss", "ExitReadout", "digits_data", "prepare", "group_of", "shortcut_rules", "multi_exit_student", "train_student", "ModelOutcome",
+           "DatasetResult", "run_dataset", "CapstoneResult", "run"]
 
 
 @dataclass(frozen=True)
 class CapstoneConfig:
-    """What the capstone adds to notebook 03's student recipe (its config() of the same mode supplies the data, the
-    teacher, the student's depth and width, epochs, optimiser, T, soft weight, alpha and beta of the weights, the
-    readout and start_after).
+    """What the capstone adds to notebook 03's student recipe (dedier.config() of the same mode supplies the
+    student's depth and width, epochs, optimiser, augmentation, T, soft weight, DeDiER's weights, the readout and
+    start_after; notebook 02's configuration supplies waterbirds_like's data and teacher).
 
     Attributes:
         mode: "smoke" or "full" (also picks notebook 03's configuration).
-        datasets: the stand-ins to run (waterbirds_like on `seeds`, colored_digits on `few_seeds`).
+        datasets: what to run, in order (DATASETS).
+        digits_sizes: colored_digits_10's (train, val, test) sizes.
+        digits_p_corr: P(a training digit wears its own colour); the rest wear one of the nine others at random.
+        digits_image_size: the digits are average-pooled from 28 to this side (14: a quarter of the compute).
+        digits_augment: shifts for colored_digits_10's students (off: the teacher's logits are computed once, which
+            halves a student's time; waterbirds_like's students follow notebook 03's recipe, dedier.config().augment).
+        teacher_width, teacher_epochs: colored_digits_10's debiased teacher (a ResNet of the student's depth, trained
+            on batches balanced over the two groups, notebook 02's group-balanced recipe).
         head_pool: the early exits' heads read their stage average-pooled to head_pool x head_pool cells.
-        alpha: miscoverage of every set (0.1: a group's shortfall shows with a few hundred examples per group).
-        calib_fraction, splits: the calibration share of the test split, and how many random splits per student.
+        miscoverage: every set's target miscoverage (the sets aim at coverage 1 - miscoverage; it is not DeDiER's
+            margin exponent, which is dedier.config().alpha).
+        calib_fraction, splits: the calibration share of the test split, and how many random splits per model.
         avcs_draws, avcs_start: AVCS's threshold rule (notebook 06's).
-        seeds, few_seeds: student seeds of waterbirds_like and of colored_digits.
+        dedier_exponent, dedier_scale: DeDiER's weights exp(scale * margin ** exponent) on readout errors (the paper's
+            alpha and beta): notebook 03's choice on waterbirds_like's VALIDATION worst-group accuracy
+            (dedier.choose_setting: (1, 2) against the paper's (0.05, 4), which over-corrected there); not chosen
+            again here, which would cost twelve more students per dataset.
+        seeds, few_seeds: student seeds of colored_digits_10 and of waterbirds_like.
     """
 
     mode: str = "full"
     datasets: tuple[str, ...] = DATASETS
-    head_pool: int = 2
-    alpha: float = 0.1
-    calib_fraction: float = 0.25
+    digits_sizes: tuple[int, int, int] = (3000, 1000, 3000)
+    digits_p_corr: float = 0.8
+    digits_image_size: int = 14
+    digits_augment: bool = False
+    teacher_width: int = 16
+    teacher_epochs: int = 12
+    head_pool: int = 4
+    miscoverage: float = 0.1
+    calib_fraction: float = 0.3
     splits: int = 10
     avcs_draws: int = 10
     avcs_start: float = 0.25
+    dedier_exponent: float = 1.0
+    dedier_scale: float = 2.0
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     few_seeds: tuple[int, ...] = (0, 1, 2)
 
 
-SMOKE_CONFIG = CapstoneConfig(mode="smoke", datasets=("waterbirds_like",), splits=3, seeds=(0,), few_seeds=(0,))
+SMOKE_CONFIG = CapstoneConfig(mode="smoke", digits_sizes=(600, 200, 600), teacher_epochs=3, splits=3, seeds=(0,), few_seeds=(0,))
+# Sized for the 2-core CPU (at most 20 minutes with nothing else running): see the measured times in the report.
 FULL_CONFIG = CapstoneConfig()
 # What decides a student, besides the prepared data and teacher (Prepared.key), the variant and the seed.
-STUDENT_FIELDS = dedier.STUDENT_FIELDS + dedier.READOUT_FIELDS + ("alpha", "beta", "readout_stage")
+STUDENT_FIELDS = dedier.STUDENT_FIELDS + dedier.READOUT_FIELDS + ("readout_stage",)
+# What decides colored_digits_10's data and teacher (the teacher's checkpoint key, and so every student's).
+DIGITS_FIELDS = ("digits_sizes", "digits_p_corr", "digits_image_size", "teacher_width", "teacher_epochs")
+# head_pool and digits_augment decide the students too (with prepare()'s augment in their key); the rest decides
+# what is measured, not a model (a test checks that every field is named in one of these lists).
+STUDENT_ONLY_FIELDS = ("head_pool", "digits_augment", "dedier_exponent", "dedier_scale")
+NOT_DECIDING = ("mode", "datasets", "miscoverage", "calib_fraction", "splits", "avcs_draws", "avcs_start", "seeds", "few_seeds")
 
 
 def config(mode: str | None = None) -> CapstoneConfig:
@@ -85,8 +125,8 @@ def config(mode: str | None = None) -> CapstoneConfig:
 
 
 class MultiExitKDLoss:
-    """fit()'s loss for a multi-exit student: the mean over exits of one KDLoss (the teacher's cached logits and,
-    for DeDiER, the same instance weights at every exit)."""
+    """fit()'s loss for a multi-exit student: the mean over exits of one KDLoss (the teacher's logits and, for
+    DeDiER, the same instance weights at every exit)."""
 
     def __init__(self, kd: KDLoss) -> None:
         self.kd = kd
@@ -94,6 +134,9 @@ class MultiExitKDLoss:
     def __call__(self, outputs: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if outputs.dim() != 3:
             raise ValueError(f"outputs must have shape (exits, N, C) (a MultiExit model), got {tuple(outputs.shape)}")
+        if "teacher_logits" not in batch and self.kd.teacher is not None:
+            # Augmented batches carry no cached logits: run the teacher once for all exits, not once per exit.
+            batch = {**batch, "teacher_logits": self.kd.teacher_logits(batch)}
         return torch.stack([self.kd(logits, batch) for logits in outputs]).mean()
 
 
@@ -126,6 +169,69 @@ class ExitReadout:
         """Nothing to restore."""
 
 
+def digits_data(split: str, n: int, *, p_corr: float, image_size: int) -> GroupedData:
+    """One split of colored_digits_10: colored_digits(num_classes=10) regrouped into bias-aligned (group 0: the digit
+    wears its own colour) and bias-conflicting (group 1), average-pooled to image_size pixels.
+
+    The two groups are what a reader can read in a table (a hundred digit x colour groups are not); the class is
+    still in the labels, for per-class numbers. Training: p_corr aligned; validation and test: colour independent of
+    the digit, so one test image in ten is aligned.
+
+    Args:
+        split: "train", "val" or "test".
+        n: images (a seeded subset of MNIST's split, or of scikit-learn's digits where MNIST is absent).
+        p_corr: P(aligned) in training, in [0.1, 1].
+        image_size: side after pooling; must divide 28.
+
+    Returns:
+        GroupedData with 2 groups, 10 classes, the colour as the spurious attribute.
+    """
+    checks.check_int("image_size", image_size, minimum=4)
+    if 28 % image_size:
+        raise ValueError(f"image_size must divide 28 (the digits are pooled by an integer factor), got {image_size}")
+    data = colored_digits(split, n, num_classes=10, p_corr=p_corr, seed=0)
+    images = data.images if image_size == 28 else F.avg_pool2d(data.images.float(), 28 // image_size).round().to(torch.uint8)
+    return replace(data, images=images, groups=(data.spurious != data.labels).long(), num_groups=2, group_names=list(DIGIT_GROUPS),
+                   name=data.name.replace("colored_digits", DIGITS))
+
+
+def _digits_teacher(cfg: CapstoneConfig, dcfg: dedier.DeDiERConfig, splits: dict[str, GroupedData], device: torch.device,
+                    progress: bool) -> tuple[nn.Module, str]:
+    # Debiased as notebook 02's group-balanced teacher: every batch half aligned, half conflicting (sampled with
+    # replacement), flips off and shifts on, AdamW with a cosine schedule; its last epoch is kept.
+    path = common.checkpoint_path("capstone", "teacher-digits", common.fields_of(cfg, DIGITS_FIELDS),
+                                  common.fields_of(dcfg, ("student_depth", "batch_size", "lr", "weight_decay")))
+    torch.manual_seed(0)
+    teacher = resnet_cifar(dcfg.student_depth, cfg.teacher_width, 10, 3).to(device)
+    batches = splits["train"].batches(dcfg.batch_size, device=device, balanced=True, seed=0,
+                                      augment=training_augmentation("colored_digits", cfg.digits_image_size))
+    common.train_or_load_adamw(teacher, batches, path=path, epochs=cfg.teacher_epochs, lr=dcfg.lr, weight_decay=dcfg.weight_decay,
+                               device=device, progress=progress, desc=f"teacher ({DIGITS})")
+    return teacher.eval(), path.stem
+
+
+def prepare(dataset: str, cfg: CapstoneConfig, dcfg: dedier.DeDiERConfig, device: torch.device | str, *, progress: bool = True) -> dedier.Prepared:
+    """A dataset of DATASETS and its debiased teacher, as notebook 03's dedier.Prepared (trained or reloaded).
+
+    waterbirds_like is notebook 03's own (dedier.prepare: notebook 02's data and group-balanced teacher);
+    colored_digits_10 is made here (digits_data) with its teacher (_digits_teacher).
+    """
+    if dataset == "waterbirds_like":
+        return dedier.prepare(dataset, dcfg, device, progress=progress)
+    if dataset != DIGITS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    device = torch.device(device)
+    splits = {split: digits_data(split, n, p_corr=cfg.digits_p_corr, image_size=cfg.digits_image_size)
+              for split, n in zip(("train", "val", "test"), cfg.digits_sizes)}
+    teacher, key = _digits_teacher(cfg, dcfg, splits, device, progress)
+    train, ordered = splits["train"], splits["train"].batches(512, device=device)
+    return dedier.Prepared(name=DIGITS, train=train, val=splits["val"], test=splits["test"], teacher=teacher,
+                           teacher_test=common.score_groups(teacher, splits["test"], train.group_counts()),
+                           teacher_logits=cache_teacher_logits(teacher, ordered), teacher_features=teacher_features(teacher, ordered),
+                           augment=training_augmentation("colored_digits", cfg.digits_image_size) if cfg.digits_augment else None,
+                           key=key, device=device)
+
+
 def multi_exit_student(prep: dedier.Prepared, dcfg: dedier.DeDiERConfig, cfg: CapstoneConfig, seed: int) -> MultiExit:
     """Notebook 03's CIFAR ResNet student with a head after each stage of EXITS, seeded (every variant of a seed
     starts from the same weights)."""
@@ -139,9 +245,13 @@ def train_student(variant: str, prep: dedier.Prepared, dcfg: dedier.DeDiERConfig
                   progress: bool = True) -> MultiExit:
     """Trains (or reloads) one multi-exit student by one of VARIANTS; returns it in eval mode at its last epoch.
 
+    With dcfg.augment the student sees notebook 02's flips and shifts and the teacher runs on every (augmented)
+    batch; without, the teacher's cached logits are the soft targets. The last epoch is kept: for DeDiER it comes
+    after the first reweighting (dcfg.epochs > dcfg.start_after is checked), so no plain-KD epoch is counted as DeDiER.
+
     Args:
         variant: "KD", "DeDiER, detached readout" or "DeDiER, exit 1".
-        prep: dedier.prepare()'s data and teacher (its cached logits are the soft targets).
+        prep: prepare()'s data and teacher.
         dcfg, cfg: notebook 03's configuration (the recipe) and the capstone's.
         seed, progress: the seed of the weights and of the shuffling; progress bars.
 
@@ -150,87 +260,89 @@ def train_student(variant: str, prep: dedier.Prepared, dcfg: dedier.DeDiERConfig
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if variant != "KD" and dcfg.epochs <= dcfg.start_after:
+        raise ValueError(f"dcfg.epochs ({dcfg.epochs}) must exceed dcfg.start_after ({dcfg.start_after}): the last epoch kept "
+                         "would be plain KD, before DeDiER's first reweighting")
     model = multi_exit_student(prep, dcfg, cfg, seed)
-    train = prep.train.batches(dcfg.batch_size, device=prep.device, shuffle=True, seed=seed, extra={"teacher_logits": prep.teacher_logits})
+    extra = {} if prep.augment is not None else {"teacher_logits": prep.teacher_logits}
+    train = prep.train.batches(dcfg.batch_size, device=prep.device, shuffle=True, seed=seed, extra=extra, augment=prep.augment)
     reweighting = None
     if variant != "KD":
         readout = (dedier.early_readout(dcfg, dcfg.readout_stage, prep, seed) if variant == "DeDiER, detached readout"
                    else ExitReadout(0, EXITS[0]))
-        reweighting = DeDiERReweighting(model, readout, train, alpha=dcfg.alpha, beta=dcfg.beta, start_after=dcfg.start_after)
-    loss = MultiExitKDLoss(KDLoss(temperature=dcfg.temperature, soft_weight=dcfg.soft_weight, instance_weights=reweighting))
+        reweighting = DeDiERReweighting(model, readout, train, alpha=cfg.dedier_exponent, beta=cfg.dedier_scale, start_after=dcfg.start_after)
+        # The one rule for which epochs a DeDiER student may keep; the last epoch (the one kept) must be among them.
+        assert dcfg.epochs - 1 >= reweighting.first_reweighted_epoch
+    kd = KDLoss(temperature=dcfg.temperature, soft_weight=dcfg.soft_weight, instance_weights=reweighting,
+                teacher=prep.teacher if prep.augment is not None else None)
     path = common.checkpoint_path("capstone", f"{prep.name}-{variant}", prep.key, common.fields_of(dcfg, STUDENT_FIELDS), EXITS,
-                                  cfg.head_pool, seed)
+                                  cfg.head_pool, prep.augment is not None, (cfg.dedier_exponent, cfg.dedier_scale) if variant != "KD" else None, seed)
     common.train_or_load_adamw(model, train, path=path, epochs=dcfg.epochs, lr=dcfg.lr, weight_decay=dcfg.weight_decay, device=prep.device,
-                               progress=progress, desc=f"{variant} ({prep.name}, seed {seed})", loss_fn=loss, on_epoch_end=reweighting)
+                               progress=progress, desc=f"{variant} ({prep.name}, seed {seed})", loss_fn=MultiExitKDLoss(kd),
+                               on_epoch_end=reweighting)
     return model.eval()
-
-
-@dataclass(frozen=True)
-class ModelOutcome:
-    """One model of one seed on the test split: per exit and group, its accuracy; per set method, its MethodSummary
-    over the calibration splits (kd.sets.summarize_splits: coverage, size, empty rate, nestedness per exit) on every
-    example (marginal) and on each group (a teacher has one exit); the share of calibration splits on which
-    AVCS's threshold rule reached its rank (on the others its sets carry no guarantee)."""
-
-    dataset: str
-    model: str
-    seed: int
-    accuracy: tuple[tuple[float, ...], ...]  # [exit][group]
-    marginal: dict[str, MethodSummary]
-    by_group: dict[str, tuple[MethodSummary, ...]]
-    avcs_feasible: float
-
-
-def measure(logits: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, num_groups: int, cfg: CapstoneConfig, *,
-            dataset: str, model: str, seed: int) -> ModelOutcome:
-    """Accuracy per exit and group, and SET_METHODS' sets per exit and group over cfg.splits calibration splits.
-
-    Args:
-        logits: (exits, N, C) test logits ((1, N, C) for a one-exit teacher); labels, groups: (N,).
-        num_groups, cfg: the groups' count; the capstone's configuration (alpha, splits, AVCS's rule).
-        dataset, model, seed: what is measured. The splits are seeded by `seed`, so a teacher measured with a
-            student's seed sees the student's splits (a paired comparison).
-
-    Returns:
-        ModelOutcome.
-    """
-    logits, labels, groups = logits.cpu(), labels.cpu(), groups.cpu()
-    accuracy = tuple(group_metrics(z, labels, groups, num_groups).per_group for z in logits)
-    marginal, by_group = {m: [] for m in SET_METHODS}, {m: [[] for _ in range(num_groups)] for m in SET_METHODS}
-    feasible = []
-    with warnings.catch_warnings(), runtime.cpu_threads(1):  # an infeasible AVCS tau is in its numbers; tiny tensors
-        warnings.simplefilter("ignore", UserWarning)
-        for split in range(cfg.splits):
-            calib, evaluation = calibration_split(len(labels), cfg.calib_fraction, seed=seed * 1000 + split)
-            found = method_sets(logits[:, calib], labels[calib], logits[:, evaluation], cfg.alpha, seed=seed * 1000 + split,
-                                avcs_draws=cfg.avcs_draws, avcs_start=cfg.avcs_start)
-            eval_labels, eval_groups = labels[evaluation], groups[evaluation]
-            feasible.append(found.avcs.feasible)
-            for method in SET_METHODS:
-                sets = found.sets[method]
-                marginal[method].append(set_metrics(sets, eval_labels))
-                for g in range(num_groups):
-                    mine = eval_groups == g
-                    if mine.any():
-                        by_group[method][g].append(set_metrics(sets[:, mine], eval_labels[mine]))
-    summary = lambda method, metrics: summarize_splits(method, metrics, cfg.alpha)
-    return ModelOutcome(dataset, model, seed, accuracy, {m: summary(m, v) for m, v in marginal.items()},
-                        {m: tuple(summary(m, v) for v in per) for m, per in by_group.items()}, sum(feasible) / len(feasible))
 
 
 @dataclass(frozen=True)
 class DatasetResult:
     """One dataset: its groups (and which are bias-conflicting: the spurious attribute disagrees with the label),
-    the exits' names, the seeds, every model's outcomes (the teacher's with each student seed's splits), and the
-    test examples per group."""
+    classes, the exits' names, the seeds, every model's outcomes (the teacher's with each student seed's splits),
+    the test examples per group, the shortcut rules' test accuracy per group (shortcut_rules: what a model must be
+    clearly above to have learned the task), and DeDiER's weights' exponent and scale."""
 
     dataset: str
     group_names: tuple[str, ...]
     conflicting: tuple[int, ...]
+    class_names: tuple[str, ...]
     exits: tuple[str, ...]
     seeds: tuple[int, ...]
     outcomes: tuple[ModelOutcome, ...]
-    test_counts: tuple[int, ...] = ()  # test examples per group
+    test_counts: tuple[int, ...]
+    shortcuts: dict[str, tuple[float, ...]]
+    dedier_exponent: float
+    dedier_scale: float
+
+
+def group_of(dataset: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The group of an (example, label) pair from the label and the example's spurious attribute, elementwise: what
+    group-conditional conformal needs for every candidate label of a test example (its attribute is observed, its
+    label is not). colored_digits_10: 0 if the label is the colour's digit (aligned), else 1; waterbirds_like:
+    2 * label + background.
+
+    Args:
+        dataset: one of DATASETS.
+
+    Returns:
+        (labels, attribute) -> group ids, for tensors of one shape.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    if dataset == DIGITS:
+        return lambda labels, attribute: (labels != attribute).long()
+    return lambda labels, attribute: labels * 2 + attribute  # waterbirds_like: label x background
+
+
+def shortcut_rules(data: GroupedData) -> dict[str, tuple[float, ...]]:
+    """The per-group test accuracy of the rules that need no object at all (kdteach.groups.competence's input): one
+    constant label per class, "the label is the spurious attribute" (the colour rule of colored_digits_10, the
+    background rule of waterbirds_like) and, with two classes, its inverse. Measured on the split itself, so they
+    fit any grouping.
+
+    Args:
+        data: a split (the attribute values are label indices in both stand-ins).
+
+    Returns:
+        {rule: accuracy per group}.
+    """
+    def per_group(preds: torch.Tensor) -> tuple[float, ...]:
+        return tuple(float(a) for a in group_metrics(preds, data.labels, data.groups, data.num_groups).per_group)
+
+    attribute = "colour" if data.name.startswith(DIGITS) else "background"
+    rules = {f"constant: always {name}": per_group(torch.full_like(data.labels, c)) for c, name in enumerate(data.class_names)}
+    rules[f"{attribute} rule"] = per_group(data.spurious)
+    if data.num_classes == 2:
+        rules[f"inverted {attribute} rule"] = per_group(1 - data.spurious)
+    return rules
 
 
 def run_dataset(dataset: str, cfg: CapstoneConfig, device: torch.device | str, *, seeds: tuple[int, ...] | None = None,
@@ -240,18 +352,21 @@ def run_dataset(dataset: str, cfg: CapstoneConfig, device: torch.device | str, *
     Args:
         dataset: one of DATASETS.
         cfg, device: the configuration; where to train.
-        seeds: the student seeds (default cfg.seeds for waterbirds_like, cfg.few_seeds otherwise).
+        seeds: the student seeds (default cfg.seeds for colored_digits_10, cfg.few_seeds for waterbirds_like).
         progress: progress bars.
 
     Returns:
         DatasetResult.
     """
     dcfg = dedier.config(cfg.mode)
-    seeds = tuple(seeds if seeds is not None else (cfg.seeds if dataset == "waterbirds_like" else cfg.few_seeds))
-    prep = dedier.prepare(dataset, dcfg, device, progress=progress)
+    seeds = tuple(seeds if seeds is not None else (cfg.seeds if dataset == DIGITS else cfg.few_seeds))
+    prep = prepare(dataset, cfg, dcfg, device, progress=progress)
     test, ordered = prep.test, prep.test.batches(512, device=prep.device)
+    pair_group = group_of(dataset)
+    if not torch.equal(pair_group(test.labels, test.spurious), test.groups):
+        raise AssertionError(f"{dataset}: the groups are not a function of label and attribute as group_of says")
+    args = dict(labels=test.labels, attribute=test.spurious, groups=test.groups, num_groups=test.num_groups, group_of=pair_group, cfg=cfg, dataset=dataset)
     teacher_logits = predict(prep.teacher, ordered)[None]
-    args = dict(labels=test.labels, groups=test.groups, num_groups=test.num_groups, cfg=cfg, dataset=dataset)
     outcomes = []
     for seed in seeds:
         outcomes.append(measure(teacher_logits, model="teacher", seed=seed, **args))
@@ -260,178 +375,39 @@ def run_dataset(dataset: str, cfg: CapstoneConfig, device: torch.device | str, *
             outcomes.append(measure(exit_logits(student, ordered), model=variant, seed=seed, **args))
     conflicting = tuple(g for g in range(test.num_groups) if bool((test.spurious != test.labels)[test.groups == g].all()))
     counts = tuple(int((test.groups == g).sum()) for g in range(test.num_groups))
-    return DatasetResult(dataset, tuple(test.group_names), conflicting, EXITS, seeds, tuple(outcomes), counts)
+    return DatasetResult(dataset, tuple(test.group_names), conflicting, tuple(test.class_names), EXITS, seeds, tuple(outcomes), counts,
+                         shortcut_rules(test), cfg.dedier_exponent, cfg.dedier_scale)
 
 
 @dataclass(frozen=True)
 class CapstoneResult:
-    """Everything run() measured: the configuration, one DatasetResult per dataset, and the wall time."""
+    """Everything run() measured: the configuration, one DatasetResult per dataset, seconds per dataset, and the
+    wall time."""
 
     config: CapstoneConfig
     datasets: tuple[DatasetResult, ...]
+    dataset_seconds: tuple[float, ...]
     seconds: float
 
 
-# Tables and sentences: coverage per exit and group, in tables and in sentences chosen by paired_comparison.
-
-
-def _capstone_value(result: DatasetResult, model: str, method: str, metric: str, exit_index: int, group: int | None) -> dict[int, float]:
-    # {seed: value} of one model's set metric at one exit, for one group (None: every example). A teacher has one
-    # exit, which stands for every exit index.
-    values = {}
-    for o in result.outcomes:
-        if o.model == model:
-            sets = o.marginal[method] if group is None else o.by_group[method][group]
-            series = getattr(sets, metric)
-            values[o.seed] = float(series[min(exit_index, len(series) - 1)])
-    return values
-
-
-def _capstone_reduce(result: DatasetResult, model: str, method: str, metric: str, exit_index: int, groups: Sequence[int], how: str) -> dict[int, float]:
-    per_group = [_capstone_value(result, model, method, metric, exit_index, g) for g in groups]
-    pick = min if how == "min" else (lambda v: sum(v) / len(v))
-    return {seed: pick([values[seed] for values in per_group]) for seed in per_group[0]}
-
-
-def _capstone_models(result: DatasetResult) -> list[tuple[str, int]]:
-    # (model, exit index) rows: the teacher's one exit, then every exit of each student variant.
-    students = list(dict.fromkeys(o.model for o in result.outcomes if o.model != "teacher"))
-    return [("teacher", 0)] + [(m, e) for m in students for e in range(len(result.exits))]
-
-
-def capstone_rows(result: DatasetResult, *, method: str, metric: str = "coverage") -> list[dict[str, Any]]:
-    """One row per model and exit: a set metric of one method per group, marginal and worst group, as mean [95%
-    interval] over seeds (coverage and empty rate in %).
-
-    Args:
-        result: a DatasetResult.
-        method: "LAC", "RAPS" or "AVCS".
-        metric: "coverage", "size", "empty_rate" or "nestedness".
-
-    Returns:
-        Rows: dataset, sets, model, exit, one column per group, "every example", "worst group".
-    """
-    scale = 100.0 if metric in ("coverage", "empty_rate") else 1.0
-    digits = 1 if scale == 100.0 else 3
-    rows = []
-    for model, e in _capstone_models(result):
-        row: dict[str, Any] = {"dataset": result.dataset, "sets": method, "model": model,
-                               "exit": "its one exit" if model == "teacher" else f"{e + 1} ({result.exits[e]})"}
-        for g, name in enumerate(result.group_names):
-            row[name] = mean_interval(list(_capstone_value(result, model, method, metric, e, g).values()), scale=scale, digits=digits)
-        row["every example"] = mean_interval(list(_capstone_value(result, model, method, metric, e, None).values()), scale=scale, digits=digits)
-        if metric == "coverage":
-            worst = _capstone_reduce(result, model, method, metric, e, range(len(result.group_names)), "min")
-            row["worst group"] = mean_interval(list(worst.values()), scale=scale, digits=digits)
-        rows.append(row)
-    return rows
-
-
-def capstone_accuracy_rows(result: DatasetResult) -> list[dict[str, Any]]:
-    """One row per model and exit: test accuracy per group and worst group, mean [95% interval] over seeds (%)."""
-    rows = []
-    for model, e in _capstone_models(result):
-        mine = [o for o in result.outcomes if o.model == model]
-        if model == "teacher":
-            mine = mine[:1]  # the same teacher at every seed: one value
-        row: dict[str, Any] = {"dataset": result.dataset, "model": model, "exit": "its one exit" if model == "teacher" else f"{e + 1} ({result.exits[e]})"}
-        for g, name in enumerate(result.group_names):
-            row[name] = mean_interval([o.accuracy[min(e, len(o.accuracy) - 1)][g] for o in mine], scale=100.0)
-        row["worst group"] = mean_interval([min(o.accuracy[min(e, len(o.accuracy) - 1)]) for o in mine], scale=100.0)
-        rows.append(row)
-    return rows
-
-
-def capstone_sentences(result: DatasetResult, *, alpha: float, mode: str = "full", methods: Sequence[str] = ("AVCS", "LAC")) -> list[str]:
-    """The capstone's findings on one dataset, each from paired_comparison over the student seeds.
-
-    Per set method: the KD student's marginal and worst-group coverage at the first and last exit against the target;
-    for every student, bias-conflicting against bias-aligned groups at exit 1; the KD student (last exit) against its teacher;
-    each DeDiER variant against KD on worst-group coverage (exit 1 and the last) and on the conflicting groups' set
-    size at exit 1; then DeDiER against KD on worst-group accuracy at the last exit.
-
-    Args:
-        result: a DatasetResult.
-        alpha: the sets' miscoverage (the target is 1 - alpha).
-        mode: "smoke" adds the smoke note.
-        methods: the set methods to word.
-
-    Returns:
-        The sentences.
-    """
-    r, groups, last = result, range(len(result.group_names)), len(result.exits) - 1
-    conflicting = list(r.conflicting)
-    aligned = [g for g in groups if g not in r.conflicting]
-    students = list(dict.fromkeys(o.model for o in r.outcomes if o.model != "teacher"))
-    kd, dedier_variants = students[0], students[1:]
-    where = {0: f"exit 1 ({r.exits[0]})", last: f"the last exit ({r.exits[last]})"}
-    lines = [f"{r.dataset}: sets at miscoverage {alpha:g} (target coverage {100 * (1 - alpha):.0f}%), calibrated on random splits of "
-             f"the test set; bias-conflicting groups: {', '.join(repr(r.group_names[g]) for g in conflicting)}; seeds {list(r.seeds)}."]
-    for method in methods:
-        for e in (0, last):
-            marginal = list(_capstone_value(r, kd, method, "coverage", e, None).values())
-            worst = list(_capstone_reduce(r, kd, method, "coverage", e, groups, "min").values())
-            lines.append(f"{method}, {kd} student, {where[e]}: coverage (%) of every example {mean_interval(marginal, scale=100.0)}, "
-                         f"of its worst group {mean_interval(worst, scale=100.0)}.")
-        if method == "AVCS":
-            size = [mean_interval(list(_capstone_value(r, kd, method, "size", e, None).values()), digits=2) for e in range(last + 1)]
-            accuracy = mean_interval([sum(o.accuracy[0][g] * n for g, n in enumerate(r.test_counts)) / sum(r.test_counts)
-                                      for o in r.outcomes if o.model == kd], scale=100.0)
-            lines.append(f"AVCS, {kd} student: mean set size per exit {', '.join(size)} labels; its test accuracy at {where[0]} "
-                         f"{accuracy}% (a set of at most one label covers only where the prediction is right).")
-            share = {m: mean_std([o.avcs_feasible for o in r.outcomes if o.model == m], scale=100.0, digits=0) for m in ["teacher", *students]}
-            lines.append("AVCS's threshold rule reached its rank (coverage guaranteed) on this % of calibration splits: "
-                         + "; ".join(f"{m} {v}" for m, v in share.items()) + ". Where it does not, no candidate threshold can: the "
-                         "sets keep only labels whose logit reaches tau > 0, so a label the model is confidently wrong about (a negative "
-                         "logit) is never in them.")
-        for model in students:
-            c = paired_comparison(_capstone_reduce(r, model, method, "coverage", 0, conflicting, "mean"),
-                                  _capstone_reduce(r, model, method, "coverage", 0, aligned, "mean"))
-            lines.append(comparison_sentence(c, what=f"{method} coverage at {where[0]} ({model} student)",
-                                             ours="the bias-conflicting groups' mean", reference="the bias-aligned groups' mean"))
-        c = paired_comparison(_capstone_reduce(r, kd, method, "coverage", last, groups, "min"),
-                              _capstone_reduce(r, "teacher", method, "coverage", 0, groups, "min"))
-        lines.append(comparison_sentence(c, what=f"{method} worst-group coverage ({where[last]} against the teacher's one exit, same splits)",
-                                         ours=f"{kd} student", reference="teacher"))
-        for model in dedier_variants:
-            for e in (0, last):
-                c = paired_comparison(_capstone_reduce(r, model, method, "coverage", e, groups, "min"),
-                                      _capstone_reduce(r, kd, method, "coverage", e, groups, "min"))
-                lines.append(comparison_sentence(c, what=f"{method} worst-group coverage at {where[e]}", ours=model, reference=kd))
-            c = paired_comparison(_capstone_reduce(r, model, method, "size", 0, conflicting, "mean"),
-                                  _capstone_reduce(r, kd, method, "size", 0, conflicting, "mean"))
-            lines.append(comparison_sentence(c, what=f"{method} set size of the bias-conflicting groups at {where[0]}", ours=model,
-                                             reference=kd, scale=1.0, unit=" labels"))
-    for model in dedier_variants:
-        worst = {m: {o.seed: min(o.accuracy[last]) for o in r.outcomes if o.model == m} for m in (model, kd)}
-        lines.append(comparison_sentence(paired_comparison(worst[model], worst[kd]), what=f"worst-group accuracy at {where[last]}",
-                                         ours=model, reference=kd))
-    return lines + ([smoke_note(mode)] if mode == "smoke" else [])
-
-
 def run(mode: str = "smoke", out: str | Path | None = None, *, seed: int = 0, progress: bool = True) -> CapstoneResult:
-    """`python -m kdteach capstone`: notebook 07 headless, its tables, findings and figure written to out (None:
-    nothing written); `seed` is added to every student seed."""
+    """`python -m kdteach capstone`: notebook 07 headless, its tables, answers, findings and figures written to out
+    (None: nothing written); `seed` is added to every student seed."""
+    from kdteach.experiments import capstone_report
+
     base = config(mode)
     cfg = replace(base, seeds=tuple(s + seed for s in base.seeds), few_seeds=tuple(s + seed for s in base.few_seeds))
     device = runtime.setup(seed, verbose=False, run_mode=mode)
-    started = time.perf_counter()
-    results = tuple(run_dataset(name, cfg, device, progress=progress) for name in cfg.datasets)
-    result = CapstoneResult(cfg, results, time.perf_counter() - started)
-    lines = [line for r in results for line in capstone_sentences(r, alpha=cfg.alpha, mode=mode)]
+    started, results, seconds = time.perf_counter(), [], []
+    for name in cfg.datasets:
+        begun = time.perf_counter()
+        results.append(run_dataset(name, cfg, device, progress=progress))
+        seconds.append(time.perf_counter() - begun)
+    result = CapstoneResult(cfg, tuple(results), tuple(seconds), time.perf_counter() - started)
+    lines = capstone_report.capstone_findings(result, mode=mode)
     print("\n".join(lines))
     if out is not None:
         meta = {"mode": mode, **report.provenance(config=cfg, seeds=cfg.seeds, wall_seconds=result.seconds, device=str(device)),
                 "recipe": report.to_jsonable(dedier.config(mode)), "findings": lines}
-        figures = {f"coverage_{r.dataset}": plot_group_coverage(r, alpha=cfg.alpha) for r in results}
-        rows = [row for r in results for row in capstone_rows(r, method="AVCS") + capstone_rows(r, method="LAC")]
-        report.write_report(out, "capstone", rows=rows, meta=meta, figures=figures, result=result,
-                            title="Coverage per exit and group (%, mean and 95% interval over seeds): KD and DeDiER students, and the teacher")
-        sizes = [row for r in results for row in capstone_rows(r, method="LAC", metric="size") + capstone_rows(r, method="AVCS", metric="size")
-                 + capstone_rows(r, method="AVCS", metric="empty_rate")]
-        report.write_report(out, "capstone_sizes", rows=sizes, meta=meta,
-                            title="Mean set size per exit and group (labels; empty = 0), and AVCS's empty rate (%)")
-        for r in results:
-            report.write_report(out, f"capstone_accuracy_{r.dataset}", rows=capstone_accuracy_rows(r), meta=meta,
-                                title=f"Test accuracy per exit and group ({r.dataset}, %)")
+        capstone_report.write(out, result, meta)
     return result

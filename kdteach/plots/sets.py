@@ -1,5 +1,6 @@
 """Figures of notebooks 05 and 06: accuracy against compute per exit, reliability per exit, prediction-set metrics
-per exit for each method, one example's sets across exits, and the wiggle regression intervals."""
+per exit for each method, one example's sets across exits, and the wiggle regression intervals. (Notebook 07's
+figures are in kdteach.plots.capstone.)"""
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -17,7 +18,6 @@ __all__ = [
     "plot_set_metrics",
     "plot_set_membership",
     "plot_wiggle_intervals",
-    "plot_group_coverage",
 ]
 
 METRIC_TITLES = {"coverage": "coverage", "size": "mean size (empty = 0; labels, or width)", "empty_rate": "empty rate", "nestedness": "nestedness N(t)"}
@@ -198,50 +198,5 @@ def plot_wiggle_intervals(curves: Any, *, exits: Sequence[int] | None = None) ->
     axes[0][0].set_ylabel("y (standardised)")
     axes[0][0].legend(fontsize=7, loc="lower left")
     fig.suptitle("Intervals on a grid of inputs (blank where an interval is empty)", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def plot_group_coverage(result: Any, *, alpha: float, methods: Sequence[str] = ("LAC", "AVCS")) -> Figure:
-    """The capstone's figure: coverage per exit, one line per group, one panel per student and set method; the
-    teacher's coverage of each group as a hollow marker right of the last exit, the target 1 - alpha dashed.
-
-    Groups get their own marker, line style and a small offset around each exit so coinciding groups stay visible.
-    The title says "mean ± std over n seeds" only when n > 1 (then bars show ± 1 std).
-
-    Args:
-        result: a capstone.DatasetResult.
-        alpha: the sets' miscoverage.
-        methods: one row of panels per set method.
-
-    Returns:
-        The figure.
-    """
-    students = list(dict.fromkeys(o.model for o in result.outcomes if o.model != "teacher"))
-    groups, exits = result.group_names, len(result.exits)
-    offsets = [DODGE * (j / (len(groups) - 1) - 0.5) if len(groups) > 1 else 0.0 for j in range(len(groups))]
-    fig, axes = plt.subplots(len(methods), len(students), figsize=(4.2 * len(students), 3.3 * len(methods)), squeeze=False, sharey=True)
-    n_seeds = len(result.seeds)
-    for row, method in enumerate(methods):
-        for col, model in enumerate(students):
-            ax = axes[row][col]
-            for g, (name, offset) in enumerate(zip(groups, offsets)):
-                values = torch.tensor([o.by_group[method][g].coverage for o in result.outcomes if o.model == model], dtype=torch.float64)
-                x = torch.arange(1, exits + 1) + offset
-                std = values.std(dim=0) if n_seeds > 1 else None
-                style = dict(ls=LINESTYLES[g % len(LINESTYLES)], marker=MARKERS[g % len(MARKERS)], ms=5, mfc="none", alpha=0.85, capsize=2)
-                line = ax.errorbar(x, values.mean(dim=0), yerr=std, label=name + (" (bias-conflicting)" if g in result.conflicting else ""), **style)
-                teacher = [o.by_group[method][g].coverage[0] for o in result.outcomes if o.model == "teacher"]
-                ax.plot([exits + 0.6 + offset], [sum(teacher) / len(teacher)], marker=MARKERS[g % len(MARKERS)], ms=7, mfc="none", ls="none",
-                        color=line.lines[0].get_color())
-            ax.axhline(1 - alpha, ls="--", color="black", lw=1)
-            ax.set_xticks(list(range(1, exits + 1)) + [exits + 0.6], [f"{e + 1}\n{n}" for e, n in enumerate(result.exits)] + ["teacher"], fontsize=8)
-            ax.set_title(f"{model}: {method}", fontsize=10)
-            ax.grid(alpha=0.3)
-            if col == 0:
-                ax.set_ylabel(f"coverage (target {1 - alpha:g}, dashed)")
-    axes[0][0].legend(fontsize=7, loc="lower right")
-    spread = f"mean ± std over {n_seeds} seeds" if n_seeds > 1 else "one seed: no spread to show"
-    fig.suptitle(f"{result.dataset}: coverage per exit and group ({spread}); markers offset around each exit", fontsize=10)
     fig.tight_layout()
     return fig
