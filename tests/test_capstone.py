@@ -258,6 +258,16 @@ def test_answers_say_no_or_the_premise_failed_when_the_numbers_do():
     assert "the premise failed" in even[0]
 
 
+@pytest.mark.parametrize("miscoverage", [2.0, 0.0, 1.0, -0.1, float("nan")])
+def test_a_miscoverage_outside_zero_one_is_refused_by_name(miscoverage):
+    # issue 22: a miscoverage of 2 printed "target coverage -100%"
+    result = _constructed((0, 1, 2))
+    with pytest.raises(ValueError, match="miscoverage must be"):
+        capstone_report.answers(result, miscoverage=miscoverage)
+    with pytest.raises(ValueError, match="miscoverage must be"):
+        capstone_report.dataset_findings(result, miscoverage=miscoverage, splits=10)
+
+
 def test_no_verdict_on_an_infeasible_avcs_row_or_an_unlearned_exit():
     result = _constructed((0, 1, 2), feasible=0.4)
     for row in capstone_report.coverage_rows(result, "AVCS"):

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from kdteach import report
+from kdteach import checks, report
 from kdteach.groups import COMPETENCE_MARGIN, competence
 from kdteach.experiments.capstone import DIGITS, CapstoneResult, DatasetResult
 from kdteach.experiments.capstone_sets import METHOD_WORDS, SET_METHODS
@@ -248,7 +248,9 @@ def class_rows(result: DatasetResult, method: str = "LAC") -> list[dict[str, Any
 
 
 def _target(result: DatasetResult, miscoverage: float) -> float:
-    return 1.0 - miscoverage
+    # The target coverage 1 - miscoverage. A miscoverage outside (0, 1) is refused by name (issue 22: a miscoverage of 2
+    # printed "target coverage -100%").
+    return 1.0 - checks.check_number("miscoverage", miscoverage, low=0.0, high=1.0, low_open=True, high_open=True)
 
 
 def _reaches(result: DatasetResult, model: str, method: str, e: int, groups: Sequence[int], target: float) -> tuple[bool, float, float]:
