@@ -25,7 +25,8 @@ $(BIN)/python:
 
 $(VENV)/.course: $(BIN)/python pyproject.toml
 	$(if $(CPU),$(BIN)/python -m pip install torch torchvision --index-url $(TORCH_CPU_INDEX))
-	$(BIN)/python -m pip install -e . jupyterlab ipykernel
+	# The text extra too: notebook 04's offline stand-in needs transformers and tokenizers (nothing is downloaded at run time).
+	$(BIN)/python -m pip install -e ".[text]" jupyterlab ipykernel
 	touch $@
 
 $(VENV)/.dev: $(BIN)/python pyproject.toml
