@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,6 @@ from kdteach import checks
 
 if TYPE_CHECKING:
     from kdteach.data.batches import Batches
-    from kdteach.data.grouped import GroupedData
 
 __all__ = [
     "AVERAGE_CONVENTIONS",
@@ -319,7 +318,9 @@ def group_metrics(
     )
 
 
-# fit()'s validation metrics for group-robustness runs, and the epoch-selection rule of notebooks 02 and 03.
+# fit()'s validation metrics for group-robustness runs, and the epoch-selection rule of notebooks 02 and 03. Their
+# assembly from a model and a split (selection_metrics, score_groups) runs the model through kdteach.train.predict, so
+# it lives in kdteach.experiments.common: kdteach.train imports kdteach.data, which imports this module.
 
 
 def group_val_metrics(predict_logits: Callable[[nn.Module], torch.Tensor], labels: torch.Tensor, groups: torch.Tensor,
@@ -347,34 +348,6 @@ SELECTION = "selection score"  # the History column every group-robustness run s
 TIE_BREAK = 1e-9  # per epoch: far below one validation example's share, so it only ever decides exact ties
 
 
-def selection_metrics(val: "GroupedData", train: Batches, *, by: str = "val_mean_group", first_epoch: int = 0,
-                      batch_size: int = 512) -> Callable[[nn.Module], dict[str, float]]:
-    """fit()'s `metrics` for a group-robustness run: group_val_metrics on val, plus the epoch-selection rule of
-    notebooks 02 and 03 as the column SELECTION (pass select=SELECTION to fit()).
-
-    The rule: keep the epoch with the best `by` among epochs >= first_epoch (earlier ones score -inf, so a model can
-    never be kept from before, e.g., DeDiER's first reweighting); exact ties go to the LATER epoch (score = value +
-    TIE_BREAK * epoch), never silently to epoch 0.
-
-    Args:
-        val: the validation split (a GroupedData).
-        train: the training Batches fit() runs on (fit sets train.epoch before each epoch: the epoch counted here).
-        by: "val_mean_group" (mean over groups, as in the official DeDiER code) or "val_worst_group".
-        first_epoch: the first eligible epoch (0-based).
-        batch_size: rows per validation forward pass.
-
-    Returns:
-        model -> {"val_worst_group", "val_mean_group", SELECTION}.
-    """
-    if by not in ("val_mean_group", "val_worst_group"):
-        raise ValueError(f"by must be 'val_mean_group' or 'val_worst_group', got {by!r}")
-    from kdteach.train import predict  # here, not at the top: kdteach.train imports kdteach.data, which imports this module
-
-    batches = val.batches(batch_size, device=train.device)
-    metrics = group_val_metrics(lambda model: predict(model, batches), val.labels, val.groups, val.num_groups)
-    return selection_rule(metrics, train, by=by, first_epoch=first_epoch)
-
-
 def selection_rule(metrics: Callable[[nn.Module], dict[str, float]], train: Batches, *, by: str,
                    first_epoch: int = 0) -> Callable[[nn.Module], dict[str, float]]:
     """Adds the epoch-selection column SELECTION to validation metrics: `by` among epochs >= first_epoch (earlier ones
@@ -399,17 +372,6 @@ def selection_rule(metrics: Callable[[nn.Module], dict[str, float]], train: Batc
         return {**row, SELECTION: row[by] + TIE_BREAK * train.epoch if eligible else -math.inf}
 
     return with_score
-
-
-def score_groups(model: nn.Module, data: "GroupedData", train_counts: Any, *, batch_size: int = 512) -> "GroupMetrics":
-    """A model's GroupMetrics on a grouped split (train_counts: training examples per group, for the Waterbirds
-    convention's train-weighted average). The model runs on its own device."""
-    from kdteach.train import predict
-
-    device = next(model.parameters()).device
-    logits = predict(model, data.batches(batch_size, device=device))
-    return group_metrics(logits, data.labels, data.groups, data.num_groups, train_group_counts=train_counts,
-                         group_names=data.group_names)
 
 
 # --------------------------------------------------------------------------------------------------------------

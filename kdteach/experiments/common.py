@@ -1,7 +1,9 @@
 """The plumbing every experiment shares: configs by mode, one train-or-load, CPU threads.
 
 The optimiser builder lives in kdteach.train and the group-robustness validation metrics and epoch-selection rule
-in kdteach.groups; they are re-exported here because every experiment reaches them as common.*.
+in kdteach.groups; they are re-exported here because every experiment reaches them as common.*. What runs a model
+through kdteach.train.predict to score groups (selection_metrics, score_groups) lives here, not in kdteach.groups:
+kdteach.train imports kdteach.data, which imports kdteach.groups, so groups cannot import train.
 
 One train-or-load: every model an experiment trains (teachers and students, JTT's identification run, every sweep
 member) goes through `train_or_load`, which keys its checkpoint by every value that decides the model, writes it
@@ -15,15 +17,17 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
 from kdteach import runtime
 from kdteach.data.batches import Batches
-from kdteach.groups import SELECTION, TIE_BREAK, group_val_metrics, score_groups, selection_metrics, selection_rule  # noqa: F401 - used by experiments as common.*
-from kdteach.train import History, fit, optimizer_and_schedule  # noqa: F401 - used by experiments as common.*
+from kdteach.data.grouped import GroupedData
+from kdteach.groups import SELECTION, TIE_BREAK, GroupMetrics, group_metrics, group_val_metrics, selection_rule  # noqa: F401 - used by experiments as common.*
+from kdteach.train import History, fit, optimizer_and_schedule, predict  # noqa: F401 - used by experiments as common.*
 
 C = TypeVar("C")
 
@@ -157,3 +161,55 @@ def train_or_load_adamw(model: nn.Module, train: Batches, *, path: Path, epochs:
     return train_or_load(model, train, path=path, epochs=epochs, optimizer=optimizer, scheduler=scheduler, device=device, **kwargs)
 
 
+
+
+# Scoring groups: a model run through predict() on a grouped split, for fit()'s epoch choice and for the test table.
+
+
+def selection_metrics(val: GroupedData, train: Batches, *, by: str = "val_mean_group", first_epoch: int = 0,
+                      batch_size: int = 512) -> Callable[[nn.Module], dict[str, float]]:
+    """fit()'s `metrics` for a group-robustness run: group_val_metrics on val, plus the epoch-selection rule of
+    notebooks 02 and 03 as the column SELECTION (pass select=SELECTION to fit()).
+
+    The rule (kdteach.groups.selection_rule): keep the epoch with the best `by` among epochs >= first_epoch (earlier
+    ones score -inf, so a model can never be kept from before, e.g., DeDiER's first reweighting); exact ties go to the
+    LATER epoch (score = value + TIE_BREAK * epoch), never silently to epoch 0.
+
+    Args:
+        val: the validation split.
+        train: the training Batches fit() runs on (fit sets train.epoch before each epoch: the epoch counted here).
+        by: "val_mean_group" (mean over groups, as in the official DeDiER code) or "val_worst_group".
+        first_epoch: the first eligible epoch (0-based).
+        batch_size: rows per validation forward pass.
+
+    Returns:
+        model -> {"val_worst_group", "val_mean_group", SELECTION}.
+
+    Raises:
+        ValueError: naming by when it is neither of the two.
+    """
+    if by not in ("val_mean_group", "val_worst_group"):
+        raise ValueError(f"by must be 'val_mean_group' or 'val_worst_group', got {by!r}")
+    batches = val.batches(batch_size, device=train.device)
+    metrics = group_val_metrics(lambda model: predict(model, batches), val.labels, val.groups, val.num_groups)
+    return selection_rule(metrics, train, by=by, first_epoch=first_epoch)
+
+
+def score_groups(model: nn.Module, data: GroupedData, train_counts: np.ndarray | torch.Tensor | Sequence[int], *,
+                 batch_size: int = 512) -> GroupMetrics:
+    """A model's GroupMetrics on a grouped split. The model runs on its own device.
+
+    Args:
+        model: the trained network.
+        data: the split to score (its labels, groups and group names).
+        train_counts: training examples per group (GroupedData.group_counts() of the training split), for the
+            Waterbirds convention's train-weighted average.
+        batch_size: rows per forward pass.
+
+    Returns:
+        kdteach.groups.GroupMetrics.
+    """
+    device = next(model.parameters()).device
+    logits = predict(model, data.batches(batch_size, device=device))
+    return group_metrics(logits, data.labels, data.groups, data.num_groups, train_group_counts=train_counts,
+                         group_names=data.group_names)
