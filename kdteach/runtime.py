@@ -1,8 +1,10 @@
-"""Where the course runs: the run mode, the data and cache folders, seeding and the device, and each notebook's setup.
+"""Where the course runs: the run mode, the data and cache folders, seeding and the device.
 
 Everything that depends on the environment is read here, so that notebooks and the rest of the package never parse
-environment variables themselves. A notebook chooses its mode in its first cell (setup(mode=...)); KDTEACH_SMOKE=1
-in the environment wins over that choice, so CI's smoke runs of the notebooks stay small.
+environment variables themselves. A notebook chooses its mode in its first cell (kdteach.course.setup(mode=...), which
+calls setup() here); KDTEACH_SMOKE=1 in the environment wins over that choice, so CI's smoke runs of the notebooks stay
+small. This module imports nothing of the package: everything else may import it. What a notebook costs and reuses
+from earlier notebooks reads results and checkpoints, so it lives a layer up, in kdteach.course.
 """
 from __future__ import annotations
 
@@ -10,14 +12,13 @@ import contextlib
 import os
 import random
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 import torch
 
-# The one place the repository's address is written; the notebooks' setup cell is generated from it.
+# The one place the repository's address is written; the notebooks' setup cell (kdteach.course) is generated from it.
 REPO_URL = "https://github.com/kdteach/kdteach"
 
 # The two run modes. Smoke: the same code paths on small data and few epochs, so every notebook runs on a 2-core
@@ -190,127 +191,9 @@ def amp_dtype(device: torch.device | str) -> torch.dtype | None:
     return torch.bfloat16 if tuple(torch.cuda.get_device_capability(device)) >= (8, 0) else torch.float16
 
 
-# The course's notebooks, by number (the setup cell names its own).
-NOTEBOOKS = ("00", "01", "02", "03", "04", "05", "06", "07")
 # Colab: where Google Drive is mounted, and the cache folder kept on it when a notebook asks (DRIVE_CACHE = True).
 DRIVE_MOUNT = "/content/drive"
 DRIVE_CACHE_FOLDER = "/content/drive/MyDrive/kdteach/cache"
-
-
-@dataclass(frozen=True)
-class Reuse:
-    """A model a notebook reloads from an earlier notebook's run, and trains first when the cache lacks it.
-
-    Attributes:
-        what: the model, in words.
-        trained_by: the notebook that trains it ("02").
-        experiment: the experiment whose reference run trains it (its wall time is what retraining is part of).
-        find: the model's checkpoints in the cache for the current mode (empty: not there).
-    """
-
-    what: str
-    trained_by: str
-    experiment: str
-    find: Callable[[], list[Path]]
-
-
-def _group_balanced_teacher() -> list[Path]:
-    # Exactly the file notebooks 03 and 07 load (dedier.prepare asks spurious for seed 0's teacher_balanced).
-    from kdteach.experiments import spurious
-
-    path = spurious.checkpoint(spurious.config(mode()), "teacher_balanced", 0)
-    return [path] if path.exists() else []
-
-
-def _exit_distilled_model() -> list[Path]:
-    # Notebook 06 reloads notebook 05's exit-distilled model (distill weight 0.5). Its key hashes the digits' labels,
-    # which only loading the data gives, so this looks for a checkpoint of the current mode's size (training rows and
-    # epochs in its run signature) instead; train-or-load itself still checks every field before reusing one.
-    from kdteach.checkpoint import CheckpointError, load_checkpoint
-    from kdteach.experiments import exits
-
-    cfg = exits.config(mode())
-    found = []
-    for path in sorted((cache_dir() / "exits").glob("distill0.5-*.pt")):
-        try:
-            signature = load_checkpoint(path).get("signature") or {}
-        except (CheckpointError, OSError):
-            continue
-        if signature.get("train.rows") == cfg.train_size and signature.get("epochs") == cfg.epochs:
-            found.append(path)
-    return found
-
-
-# What each notebook reloads from earlier notebooks (notebooks not named here train everything they use).
-REUSES: dict[str, tuple[Reuse, ...]] = {
-    "03": (Reuse("notebook 02's group-balanced teacher (waterbirds_like, seed 0)", "02", "spurious", _group_balanced_teacher),),
-    "06": (Reuse("notebook 05's exit-distilled multi-exit ResNet (distill weight 0.5)", "05", "exits", _exit_distilled_model),),
-    "07": (Reuse("notebook 02's group-balanced teacher (waterbirds_like, seed 0; notebook 03 reuses it too)", "02", "spurious",
-                 _group_balanced_teacher),),
-}
-
-
-def _duration(seconds: float) -> str:
-    return f"{int(seconds // 60)} min {int(seconds % 60):02d} s" if seconds >= 60 else f"{seconds:.0f} s"
-
-
-def _experiment_of(notebook: str) -> tuple[str, str] | None:
-    """(experiment, its notebook label) of a notebook's headline experiment, or None (notebook 00 has none)."""
-    from kdteach.results import NOTEBOOK_OF
-
-    return next(((name, label) for name, label in NOTEBOOK_OF.items() if label.split(" ")[0] == notebook), None)
-
-
-def reference_time(notebook: str) -> tuple[str, float | None]:
-    """What a notebook's full mode costs, measured: its experiment's committed wall time, read through kdteach.results.
-
-    Args:
-        notebook: "00" to "07".
-
-    Returns:
-        (a sentence, the wall time in seconds or None when no committed result measures it).
-    """
-    from kdteach import results
-
-    found = _experiment_of(notebook)
-    if found is None:
-        return f"notebook {notebook} has no committed reference result, so no measured full-mode time", None
-    name, label = found
-    try:
-        ref = results.load_reference(name)
-    except ValueError as damaged:
-        return f"notebook {notebook}'s reference result cannot be read ({damaged})", None
-    seconds = float(ref.meta.get("wall_seconds") or 0.0) if ref is not None else 0.0
-    if ref is None or seconds <= 0:
-        return f"notebook {notebook}'s reference run ({name}) has no measured wall time committed", None
-    seeds = len(ref.meta.get("seeds") or [])
-    where = label[len(notebook):].strip()
-    return (f"notebook {notebook}'s reference run{' ' + where if where else ''} (`python -m kdteach {name} --mode full`, "
-            f"{seeds} seed{'s' if seeds != 1 else ''}) took {_duration(seconds)} on a {ref.meta.get('device', '?')} "
-            f"(results/{name}/{name}.json)"), seconds
-
-
-def _reuse_sentence(reuse: Reuse) -> str:
-    from kdteach.checkpoint import CheckpointError, load_checkpoint
-
-    found = reuse.find()
-    if found:
-        try:
-            state = load_checkpoint(found[0])
-            done, planned = len(state.get("history") or []), int((state.get("signature") or {}).get("epochs", 0))
-            took = sum(float(row.get("seconds", 0.0)) for row in state.get("history") or [])
-        except (CheckpointError, OSError):
-            return f"reuses {reuse.what}: a checkpoint is in the cache but cannot be read; the notebook retrains it"
-        if planned and done < planned:
-            return f"reuses {reuse.what}: in the cache, unfinished ({done} of {planned} epochs); the notebook resumes it"
-        return f"reuses {reuse.what}: in the cache ({done} epochs, trained in {_duration(took)})"
-    if mode() == "smoke":
-        return f"reuses {reuse.what}: not in the cache; the notebook trains it first (smoke size)"
-    cost, seconds = reference_time(reuse.trained_by)
-    part = (f"training it is part of notebook {reuse.trained_by}'s reference run, which took {_duration(seconds)} "
-            "for all of its models" if seconds is not None else cost)
-    return (f"reuses {reuse.what}: not in the cache; the notebook trains it first ({part}; run notebook "
-            f"{reuse.trained_by} first with the same cache to reuse its model)")
 
 
 def use_drive_cache() -> Path:
@@ -331,39 +214,30 @@ def use_drive_cache() -> Path:
     return cache_dir()
 
 
-def _check_notebook(notebook: object) -> str:
-    if not isinstance(notebook, str) or notebook not in NOTEBOOKS:
-        raise ValueError(f"notebook must be one of {', '.join(NOTEBOOKS)} (a string), got {notebook!r}")
-    return notebook
-
-
-def setup(seed: int = 0, *, mode: str | None = None, notebook: str | None = None, solutions: bool = False,
-          drive_cache: bool = False, verbose: bool = True, run_mode: str | None = None) -> torch.device:
-    """The first call of every notebook: chooses the mode, seeds everything, picks the device and says what the run uses.
+def setup(seed: int = 0, *, mode: str | None = None, drive_cache: bool = False, verbose: bool = True,
+          run_mode: str | None = None) -> torch.device:
+    """Chooses the mode, seeds everything, picks the device and says what the run uses (every notebook calls it through
+    kdteach.course.setup, which adds what the notebook costs and reuses; scripts and experiments call it alone).
 
     Args:
         seed: seeds Python, NumPy and torch.
-        mode: the notebook's choice, "smoke" or "full"; every config(None) follows it from here on. KDTEACH_SMOKE=1
-            in the environment wins (CI runs the notebooks so). None keeps the current mode.
-        notebook: "00" to "07": print this notebook's measured full-mode time and the models it reuses from earlier
-            notebooks (whether each is in the cache now, and what retraining it costs).
-        solutions: the solutions notebook of `notebook` (it reloads that notebook's models).
+        mode: "smoke" or "full"; every config(None) follows it from here on. KDTEACH_SMOKE=1 in the environment wins
+            (CI runs the notebooks so). None keeps the current mode.
         drive_cache: on Colab, mount Google Drive and keep the cache there (use_drive_cache); elsewhere it says it is
             ignored.
-        verbose: print the device, the mode, the folders and the notebook's costs.
+        verbose: print the device, the mode and the folders.
         run_mode: the mode to report when a caller chose one explicitly without changing mode() (the CLI's --mode).
 
     Returns:
         The device to train on.
 
     Raises:
-        ValueError: naming mode or notebook when it is not one of the allowed values, or seed when it is negative.
+        ValueError: naming mode when it is not one of MODES, drive_cache when it is not a bool, or seed when it is
+            negative.
     """
     global _chosen_mode, SMOKE
     if mode is not None and mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(repr(m) for m in MODES)}, got {mode!r}")
-    if notebook is not None:
-        _check_notebook(notebook)
     if not isinstance(drive_cache, bool):
         raise ValueError(f"drive_cache must be True or False, got {drive_cache!r}")
     seed_everything(seed)
@@ -382,7 +256,7 @@ def setup(seed: int = 0, *, mode: str | None = None, notebook: str | None = None
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     if verbose:
-        _report(device, seed, run_mode or now, mode, notebook, solutions, drive_note)
+        _report(device, seed, run_mode or now, mode, drive_note)
     return device
 
 
@@ -391,8 +265,7 @@ def _current_mode() -> str:
     return mode()
 
 
-def _report(device: torch.device, seed: int, run_mode: str, chosen: str | None, notebook: str | None, solutions: bool,
-            drive_note: str) -> None:
+def _report(device: torch.device, seed: int, run_mode: str, chosen: str | None, drive_note: str) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     print(f"kdteach: device {name} | mode {run_mode} | seed {seed}")
     if chosen is not None and chosen != run_mode and smoke_from_environment():
@@ -403,51 +276,5 @@ def _report(device: torch.device, seed: int, run_mode: str, chosen: str | None, 
     print(f"kdteach: real data read from {searched}; cache in {cache_dir()}")
     if run_mode == "smoke":
         print("kdteach: smoke mode: small data and few epochs, so every cell runs in minutes; numbers are not results.")
-    if notebook is not None:
-        cost, seconds = reference_time(notebook)
-        if solutions:
-            print(f"kdteach: the solutions of notebook {notebook} reload its models from the cache and train any that "
-                  f"are missing; {cost}")
-        else:
-            print(f"kdteach: {cost}")
-        if seconds is not None and run_mode == "full" and device.type == "cpu" and seconds > 600 and not solutions:
-            print("kdteach: expect about that here on a CPU. MODE = \"smoke\" in this cell runs every cell in minutes "
-                  "(to check the code, not the results).")
-        for reuse in REUSES.get(notebook, ()):
-            print(f"kdteach: {_reuse_sentence(reuse)}")
     if device.type == "cpu" and in_colab():
         print("kdteach: no GPU. On Colab: Runtime > Change runtime type > T4 GPU, then rerun this cell.")
-
-
-def setup_cell_source(notebook: str, *, solutions: bool = False, seed: int = 0) -> str:
-    """The source of the first code cell of every notebook (a test checks each notebook against it).
-
-    The mode is chosen in the cell, visibly, before anything runs; setup() then prints the mode it uses, the
-    notebook's measured full-mode time and the models it reuses.
-
-    Args:
-        notebook: "00" to "07".
-        solutions: the cell of the notebook's solutions notebook.
-        seed: the seed passed to setup().
-
-    Returns:
-        Python source for a notebook cell (with Colab's %pip line).
-
-    Raises:
-        ValueError: naming notebook when it is not one of NOTEBOOKS.
-    """
-    _check_notebook(notebook)
-    call = f'device = kd.runtime.setup(seed={seed}, mode=MODE, notebook="{notebook}"'
-    call += ", solutions=True" if solutions else ""
-    return (
-        "# Setup: choose the mode, then install kdteach (on Colab), seed, and pick the device (cuda, then mps, then cpu).\n"
-        'MODE = "full"  # "smoke": small data and few epochs, minutes (numbers are not results); "full": the reference run\n'
-        "DRIVE_CACHE = False  # Colab: True keeps trained models on your Google Drive between sessions\n"
-        "# KDTEACH_SMOKE=1 in the environment (how CI runs the notebooks) wins over MODE. setup() prints the mode it uses,\n"
-        "# this notebook's measured full-mode time, and the models it reuses from earlier notebooks.\n"
-        "import sys\n"
-        'if "google.colab" in sys.modules:\n'
-        f'    %pip install -q "kdteach[text] @ git+{REPO_URL}"\n'
-        "import kdteach as kd\n"
-        f"{call}, drive_cache=DRIVE_CACHE)"
-    )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kdteach.runtime import setup_cell_source
+from kdteach.course import setup_cell_source
 
 ROOT = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(ROOT.glob("[0-9][0-9]_*.ipynb"))

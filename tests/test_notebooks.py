@@ -1,11 +1,11 @@
-"""Every notebook and solutions notebook: its setup cell first (kd.runtime.setup_cell_source: the mode chosen
+"""Every notebook and solutions notebook: its setup cell first (kd.course.setup_cell_source: the mode chosen
 visibly), a Colab badge, committed without outputs, no environment parsing outside the setup cell."""
 import json
 from pathlib import Path
 
 import pytest
 
-from kdteach.runtime import setup_cell_source
+from kdteach.course import setup_cell_source
 
 ROOT = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(ROOT.glob("*.ipynb"))
@@ -30,7 +30,7 @@ def test_there_are_notebooks():
 def test_first_code_cell_is_the_setup_cell(path):
     code = [c for c in cells(path) if c["cell_type"] == "code"]
     expected = setup_cell_source(path.name[:2], solutions=path.parent.name == "solutions")
-    assert source(code[0]) == expected, f"{path.name}: the first code cell is not kd.runtime.setup_cell_source's"
+    assert source(code[0]) == expected, f"{path.name}: the first code cell is not kd.course.setup_cell_source's"
     before = [c for c in cells(path)[:cells(path).index(code[0])] if c["cell_type"] == "code"]
     assert not before, f"{path.name}: code runs before the setup cell chooses the mode"
 
