@@ -535,17 +535,15 @@ def degenerate_seeds(results: Sequence[StudentResult], label: str, *, by: str = 
 
 def gated_sentence(results: Sequence[StudentResult], ours: str, reference: str, *, what: str, metric: str = "worst_group",
                    by: str = "method", names: dict[str, str] | None = None) -> str:
-    """THE comparison rule's sentence for two labels, or, where a student of either fails the competence gate in some
-    seed, a sentence that says so and gives no verdict (a degenerate model is not a result)."""
+    """THE comparison rule's sentence for two labels, paired over seeds, given each side's competence gate per seed:
+    where a student of either fails it in some seed, report.comparison_sentence says "degenerate model, no verdict"
+    (a degenerate model is not a result)."""
     names = names or {}
-    bad = {label: degenerate_seeds(results, label, by=by) for label in (ours, reference)}
-    if any(bad.values()):
-        which = "; ".join(f"{names.get(label, label)}: {', '.join(seeds)}" for label, seeds in bad.items() if seeds)
-        return (f"{names.get(ours, ours)} vs {names.get(reference, reference)} on {what}: no verdict, a degenerate student "
-                f"(not clearly above the shortcut rules) in {which}.")
+    gates = {label: {r.seed: r.competence for r in results if dedier_label(r, by) == label and r.competence is not None}
+             for label in (ours, reference)}
     values = dedier_per_seed(results, by, metric)
     return comparison_sentence(paired_comparison(values[ours], values[reference], bounds=FRACTION_DIFFERENCE), what=what, ours=names.get(ours, ours),
-                               reference=names.get(reference, reference))
+                               reference=names.get(reference, reference), ours_competence=gates[ours], reference_competence=gates[reference])
 
 
 def dedier_findings(results: Sequence[StudentResult], *, mode: str = "full") -> list[str]:
