@@ -5,6 +5,7 @@ import re
 
 import pytest
 
+from kdteach import report
 from kdteach import scorecard as sc
 
 CLAIMS = json.loads(sc.CLAIMS_FILE.read_text())
@@ -178,6 +179,32 @@ def test_sets_coverage_verdicts_flip_over_calibration_splits(tmp_path):
     row = next(r for r in sc.scorecard("06", folder=tmp_path) if r.claim.key == "jazbec-regression-wiggle")
     assert row.verdict == "not testable here" and "regression.json" in row.measurement
 
+
+
+def sizes(avcs, raps):
+    # results/sets with AVCS and RAPS mean set sizes given per calibration split (one trained model).
+    def metrics(size):
+        return {"all_exit_coverage": [0.95, 0.95], "nestedness": [1.0, 1.0], "size": [size, size]}
+    return {"alpha": 0.05, "splits": [{"seed": s, "methods": ["RAPS", "AVCS"], "metrics": [metrics(r), metrics(a)]}
+                                      for s, (a, r) in enumerate(zip(avcs, raps))]}
+
+
+def test_avcs_against_raps_is_read_in_monte_carlo_standard_errors_of_one_model(tmp_path):
+    # Calibration splits of one trained model are one sample for the seed rule: the mean difference counts in Monte
+    # Carlo standard errors, "clearly" beyond 3. These five differences (0, .2, .1, .05, .15; mean 0.1, s.e.
+    # 0.0791 / sqrt(5) = 0.0354) lie 2.83 s.e. above zero: the seed rule's t-interval over 5 would call that clearly higher.
+    raps = [1.0] * 5
+    write(tmp_path, "sets", sizes([1.0, 1.2, 1.1, 1.05, 1.15], raps))
+    (row,) = [r for r in sc.scorecard("06", folder=tmp_path) if r.claim.key == "jazbec-avcs-larger"]
+    assert row.verdict == "not reproduced" and "+2.8 s.e. from zero" in row.measurement and "Monte Carlo s.e. 0.035" in row.measurement
+    assert report.paired_comparison(dict(enumerate([1.0, 1.2, 1.1, 1.05, 1.15])), dict(enumerate(raps))).verdict == "clearly higher"
+    write(tmp_path, "sets", sizes([1.0, 1.2, 1.1, 1.09, 1.11], raps))  # mean 0.1, s.e. 0.032: 3.1 s.e.
+    (row,) = [r for r in sc.scorecard("06", folder=tmp_path) if r.claim.key == "jazbec-avcs-larger"]
+    assert row.verdict == "reproduced" and "+3.1 s.e." in row.measurement and row.measurement.endswith("clearly higher")
+    write(tmp_path, "sets", sizes([0.7, 0.71, 0.69], [1.0, 1.0, 1.0]))  # AVCS smaller: clearly lower, not the claim
+    assert verdicts("06", tmp_path, "jazbec-avcs-larger") == ["not reproduced"]
+    write(tmp_path, "sets", sizes([1.5, 1.6], [1.0, 1.0]))  # two splits: no verdict
+    assert verdicts("06", tmp_path, "jazbec-avcs-larger") == ["not testable here"]
 
 def capstone(dedier_worst):
     def outcome(model, seed, worst):
