@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdteach.data.text import TEXT_DATASETS
+from kdteach import runtime
 
 MODES = ("full", "smoke")
 DEFAULT_MODE = "full"
@@ -64,10 +65,10 @@ EXPERIMENTS = {
                        "Measures split conformal (LAC, APS, RAPS), their running intersections and anytime-valid sets at "
                        "every exit of notebook 05's model (reloaded or trained), and regression intervals on a wiggle "
                        "function.", DIGITS + "; a generated 1-D regression set"),
-    "capstone": Experiment("capstone", "notebook 07: KD and DeDiER multi-exit students, coverage per exit and group",
+    "capstone": Experiment("capstone_report", "notebook 07: KD and DeDiER multi-exit students, coverage per exit and group",
                            "Distils multi-exit students with KD and DeDiER (its readout the first exit) and measures "
                            "coverage and size of LAC, RAPS, AVCS and group-conditional sets per exit and group.",
-                           "the colored_digits and waterbirds_like stand-ins (generated)"),
+                           "ten-class coloured digits and the waterbirds_like stand-in (generated)"),
 }
 
 
@@ -153,7 +154,6 @@ def header(args: argparse.Namespace, device_name: str, cache: Path) -> str:
 
 
 def _device_name() -> str:
-    from kdteach import runtime
 
     device = runtime.pick_device()
     if device.type == "cuda":
@@ -172,7 +172,6 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         The exit status (0); a usage error exits with status 2 through argparse.
     """
-    from kdteach import runtime
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -49,6 +49,7 @@ from kdteach.exit_metrics import (  # re-exported: kd.exits.* is where notebooks
     threshold_curve,
 )
 from kdteach.train import predict
+from kdteach.models.mlp import MLP
 
 __all__ = [
     "MultiExit",
@@ -413,8 +414,6 @@ def stage_steps(backbone: nn.Module) -> list[Callable[[torch.Tensor], torch.Tens
     Returns:
         One function per entry of backbone.stage_names.
     """
-    from kdteach.models.mlp import MLP
-
     if hasattr(backbone, "stage_steps"):
         return backbone.stage_steps()
     if isinstance(backbone, MLP):  # as in MLP.features: input dropout, then dropout(relu(linear)) per hidden layer

@@ -15,13 +15,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "kdteach"
 
 # (module file relative to kdteach/, function) -> why it may import kdteach inside the function.
-ALLOWED: dict[tuple[str, str], str] = {
-    ("experiments/capstone.py", "run"): "capstone rewrite in flight",
-    ("experiments/capstone_report.py", "write"): "capstone rewrite in flight",
-    ("exits.py", "stage_steps"): "no cycle (kdteach.models.mlp imports only torch): to move to the top by exits.py's owner",
-    ("__main__.py", "_device_name"): "no cycle (kdteach.runtime imports nothing of the package): to move to the top by __main__.py's owner",
-    ("__main__.py", "main"): "no cycle (kdteach.runtime imports nothing of the package): to move to the top by __main__.py's owner",
-}
+ALLOWED: dict[tuple[str, str], str] = {}  # every import of kdteach sits at the top of its module
 
 
 def _imports_kdteach(node: ast.AST) -> str | None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -388,26 +387,3 @@ class CapstoneResult:
     datasets: tuple[DatasetResult, ...]
     dataset_seconds: tuple[float, ...]
     seconds: float
-
-
-def run(mode: str = "smoke", out: str | Path | None = None, *, seed: int = 0, progress: bool = True) -> CapstoneResult:
-    """`python -m kdteach capstone`: notebook 07 headless, its tables, answers, findings and figures written to out
-    (None: nothing written); `seed` is added to every student seed."""
-    from kdteach.experiments import capstone_report
-
-    base = config(mode)
-    cfg = replace(base, seeds=tuple(s + seed for s in base.seeds), few_seeds=tuple(s + seed for s in base.few_seeds))
-    device = runtime.setup(seed, verbose=False, run_mode=mode)
-    started, results, seconds = time.perf_counter(), [], []
-    for name in cfg.datasets:
-        begun = time.perf_counter()
-        results.append(run_dataset(name, cfg, device, progress=progress))
-        seconds.append(time.perf_counter() - begun)
-    result = CapstoneResult(cfg, tuple(results), tuple(seconds), time.perf_counter() - started)
-    lines = capstone_report.capstone_findings(result, mode=mode)
-    print("\n".join(lines))
-    if out is not None:
-        meta = {"mode": mode, **report.provenance(config=cfg, seeds=cfg.seeds, wall_seconds=result.seconds, device=str(device)),
-                "recipe": report.to_jsonable(dedier.config(mode)), "findings": lines}
-        capstone_report.write(out, result, meta)
-    return result

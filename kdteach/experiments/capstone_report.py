@@ -15,17 +15,21 @@ The three questions, answered by answers() from the numbers:
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from kdteach import checks, report
+from kdteach import checks, report, runtime
 from kdteach.groups import COMPETENCE_MARGIN, competence
+from kdteach.experiments import capstone, dedier
 from kdteach.experiments.capstone import DIGITS, CapstoneResult, DatasetResult
 from kdteach.experiments.capstone_sets import METHOD_WORDS, SET_METHODS
 from kdteach.report import FRACTION, FRACTION_DIFFERENCE, Comparison, comparison_sentence, smoke_note
 from kdteach.report import paired_comparison as _paired
+from kdteach.plots.capstone import plot_group_coverage, plot_group_sizes
 
 __all__ = ["per_seed", "competent_seeds", "coverage_rows", "size_rows", "accuracy_rows", "class_rows", "answers", "dataset_findings",
            "capstone_findings", "write"]
@@ -465,8 +469,6 @@ def write(out: str | Path, result: CapstoneResult, meta: Mapping[str, Any]) -> P
     """Writes the capstone's files into out: capstone (coverage of every method), capstone_sizes, capstone_accuracy,
     capstone_classes (colored_digits_10, per class) with their Markdown tables, the typed result, and the figures
     (coverage and size per exit and group, per dataset)."""
-    from kdteach.plots.capstone import plot_group_coverage, plot_group_sizes
-
     cfg = result.config
     figures = {}
     for r in result.datasets:
@@ -485,3 +487,25 @@ def write(out: str | Path, result: CapstoneResult, meta: Mapping[str, Any]) -> P
         report.write_report(out, "capstone_classes", rows=[row for r in digits for m in ("LAC", "Mondrian") for row in class_rows(r, m)], meta=meta,
                             title=f"Coverage per class (%) on {DIGITS}, mean over seeds")
     return Path(out)
+
+
+def run(mode: str = "smoke", out: str | Path | None = None, *, seed: int = 0, progress: bool = True) -> CapstoneResult:
+    """`python -m kdteach capstone`: notebook 07 headless (here, beside the words it writes, so capstone.py needs no
+    import of this module), its tables, answers, findings and figures written to out
+    (None: nothing written); `seed` is added to every student seed."""
+    base = capstone.config(mode)
+    cfg = replace(base, seeds=tuple(s + seed for s in base.seeds), few_seeds=tuple(s + seed for s in base.few_seeds))
+    device = runtime.setup(seed, verbose=False, run_mode=mode)
+    started, results, seconds = time.perf_counter(), [], []
+    for name in cfg.datasets:
+        begun = time.perf_counter()
+        results.append(capstone.run_dataset(name, cfg, device, progress=progress))
+        seconds.append(time.perf_counter() - begun)
+    result = CapstoneResult(cfg, tuple(results), tuple(seconds), time.perf_counter() - started)
+    lines = capstone_findings(result, mode=mode)
+    print("\n".join(lines))
+    if out is not None:
+        meta = {"mode": mode, **report.provenance(config=cfg, seeds=cfg.seeds, wall_seconds=result.seconds, device=str(device)),
+                "recipe": report.to_jsonable(dedier.config(mode)), "findings": lines}
+        write(out, result, meta)
+    return result
