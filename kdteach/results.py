@@ -263,11 +263,11 @@ COURSE_NAME = {"hinton": "Soft targets", "spurious": "Spurious correlations", "d
 # computed from its typed result (hinton_summary).
 HEADLINES: dict[str, tuple[str, ...]] = {
     "spurious": ("student <- teacher (ERM) - teacher (ERM) on test worst-group",),
-    "dedier": ("waterbirds_like: DeDiER - KD on test worst-group", "colored_digits: DeDiER - KD on test worst-group"),
+    "dedier": ("waterbirds_like: DeDiER - KD on test worst-group", "waterbirds_like: The paper's claim"),
     "text": ("KD student - teacher on worst-group", "DeDiER - KD on worst-group"),
     "exits": ("The confidence-threshold policy",),
     "sets": ("AVCS, threshold chosen",),
-    "capstone": ("LAC, KD student, the last exit", "DeDiER, detached readout - KD on LAC worst-group coverage at the last exit"),
+    "capstone": ("Answer 1 (colored_digits_10", "Answer 2 (colored_digits_10", "Answer 3 (colored_digits_10"),
 }
 
 
