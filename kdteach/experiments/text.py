@@ -127,7 +127,7 @@ def config(mode: str | None = None, dataset: str | None = None) -> TextConfig:
     real = TextConfig(dataset=dataset)
     if dataset == "civilcomments":
         real = dataclasses.replace(real, sizes=(30_000, 5_000, 10_000), alpha=0.05, beta=3.0)
-    smoke = dataclasses.replace(real, sizes=(256, 128, 128), max_length=64, teacher_epochs=1, epochs=1, warmup_steps=0, seeds=(0,))
+    smoke = dataclasses.replace(real, sizes=(256, 128, 128), max_length=64, teacher_epochs=1, epochs=2, warmup_steps=0, seeds=(0,))
     return common.config_for(mode, smoke=smoke, full=real)
 
 
@@ -223,6 +223,9 @@ def train_student(method: str, cfg: TextConfig, data: TextData, teacher_logits: 
     """
     if method not in ("KD", "DeDiER"):
         raise ValueError(f"method must be 'KD' or 'DeDiER', got {method!r}")
+    if method == "DeDiER" and cfg.epochs <= cfg.start_after:
+        raise ValueError(f"cfg.epochs ({cfg.epochs}) must exceed cfg.start_after ({cfg.start_after}): DeDiER keeps no epoch from before its "
+                         "first reweighting, so with no later epoch there is nothing to keep")
     device = torch.device(device)
     torch.manual_seed(seed)
     model = _new_model(cfg, data, teacher=False).to(device)
