@@ -69,6 +69,10 @@ EXPERIMENTS = {
                            "Distils multi-exit students with KD and DeDiER (its readout the first exit) and measures "
                            "coverage and size of LAC, RAPS, AVCS and group-conditional sets per exit and group.",
                            "ten-class coloured digits and the waterbirds_like stand-in (generated)"),
+    "slides": Experiment("slides", "issue 23: slide-ready figures, one per paper's argument (soft targets, DeDiER, nested sets)",
+                         "Draws one figure per paper from the course's models (reloaded where cached): a digit's soft targets at T = 1, 4 "
+                         "and 20, DeDiER's readout -> margin -> weight on waterbirds_like images, and one digit's RAPS and AVCS sets "
+                         "per exit; writes the numbers behind each figure beside it.", DIGITS + "; the waterbirds_like stand-in (generated)"),
 }
 
 

@@ -6,7 +6,7 @@ experiment's transformers import is paid only by those who run it.
 import importlib
 from types import ModuleType
 
-_MODULES = ("hinton", "spurious", "dedier", "text", "exits", "sets", "capstone")
+_MODULES = ("hinton", "spurious", "dedier", "text", "exits", "sets", "capstone", "slides")
 
 
 def __getattr__(name: str) -> ModuleType:
