@@ -83,7 +83,7 @@ def test_soft_target_caption_reads_its_numbers():
                                                    (0.09, 0.12, 0.1, 0.1, 0.1, 0.1, 0.1, 0.09, 0.2, 0.0)), "a teacher", 3, 100)
     caption = slides.soft_target_caption(soft)
     assert "test digit #5 (an 8)" in caption and "the label gets 99.00%" in caption and "the 9 other classes 0.01" in caption
-    assert "at T = 20 the label gets 20.0% and the runner-up, a 1, 12.0%" in caption and "3 test errors of 100" in caption
+    assert "at T = 20 the label gets 20.0% and the runner-up, a 1, 12.0%" in caption and ", 3 test errors of 100, on test digit #5" in caption
     assert slides.soft_target_rows(soft)[1]["p(8)"] == 0.2 and a_digit(8) == "an 8" and a_digit(3) == "a 3"
 
 
@@ -142,7 +142,9 @@ def test_pipeline_caption_counts_and_the_setting(monkeypatch):
     example = slides.PipelineExample(3, "g1", True, "land", "water", 0.5, math.exp(1.0))
     pipe = slides.Pipeline((example,), 1.0, 2.0, "chosen on validation", (9, 10), (5, 100), "a student")
     caption = slides.pipeline_caption(pipe)
-    assert "wrong on 9 of 10 bias-conflicting training images (90%) and 5 of 100 bias-aligned ones (5.0%)" in caption
+    assert "wrong on 9 of 10 bias-conflicting training images (90%) and 5 of 100 bias-aligned ones (5%)" in caption
+    rare = slides.Pipeline((example,), 1.0, 2.0, "chosen", (9, 10), (1, 2280), "a student")
+    assert "1 of 2280 bias-aligned ones (0.044%)" in slides.pipeline_caption(rare)
     assert "weights 2.72 to 2.72" in caption and "alpha = 1 and beta = 2, chosen on validation" in caption
 
 

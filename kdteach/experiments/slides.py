@@ -69,7 +69,7 @@ class SlidesConfig:
 # Smoke: notebook 01's smoke teacher (3 epochs on 3,000 digits) and the smoke models of notebooks 03 and 05.
 SMOKE_CONFIG = SlidesConfig(models_mode="smoke", teacher_train_size=3000, teacher_epochs=3, teacher_test_size=2000)
 # Full: the full-mode students and exit model (reloaded from the cache where notebooks 03 and 05 left them), and a
-# teacher of 4 epochs on 20,000 digits (about a minute on a 2-core CPU; 337 test errors of 10,000 in our run): the
+# teacher of 4 epochs on 20,000 digits (under a minute on a 2-core CPU; 337 test errors of 10,000 in our run): the
 # paper's 150-epoch teacher costs half an hour on a CPU, and the figure's point needs a teacher, not that one.
 FULL_CONFIG = SlidesConfig(models_mode="full", teacher_train_size=20000, teacher_epochs=4, teacher_test_size=None)
 
@@ -146,7 +146,7 @@ def soft_target_caption(soft: SoftTargets) -> str:
     """Figure 1's caption from its numbers: the label's probability and the rest's at the lowest and highest T."""
     low, high = soft.probabilities[0], soft.probabilities[-1]
     runner_up = max((c for c in range(len(high)) if c != soft.label), key=lambda c: high[c])
-    return (f"Soft targets: {soft.teacher} ({soft.test_errors} test errors of {soft.test_size}) on test digit #{soft.index} "
+    return (f"Soft targets: {soft.teacher}, {soft.test_errors:,} test errors of {soft.test_size:,}, on test digit #{soft.index} "
             f"({a_digit(soft.label)}): at T = {soft.temperatures[0]:g} the label gets {low[soft.label]:.2%} and the {len(low) - 1} other "
             f"classes {1 - low[soft.label]:.2g} together; at T = {soft.temperatures[-1]:g} the label gets {high[soft.label]:.1%} and the "
             f"runner-up, {a_digit(runner_up)}, {high[runner_up]:.1%}: the similarities a hard label hides.")
@@ -265,6 +265,11 @@ def pipeline_rows(pipe: Pipeline) -> list[dict[str, Any]]:
              "margin": round(e.margin, 4), "weight": round(e.weight, 4)} for e in pipe.examples]
 
 
+def _percent(count: int, total: int) -> str:
+    # Two significant digits, so 1 of 2,280 reads 0.044%, not 0.0%.
+    return f"{100 * count / total:.2g}%" if total else "n/a"
+
+
 def pipeline_caption(pipe: Pipeline) -> str:
     """Figure 2's caption from its numbers: the readout's errors by alignment and the weights of the images shown."""
     wrong = [e.weight for e in pipe.examples if e.readout_wrong]
@@ -272,7 +277,7 @@ def pipeline_caption(pipe: Pipeline) -> str:
     shown = (f"the {len(wrong)} shown readout errors get weights {min(wrong):.2f} to {max(wrong):.2f}" if wrong
              else "no shown image is a readout error")
     return (f"DeDiER pipeline: the early readout of {pipe.student} is wrong on {wc} of {nc} bias-conflicting training images "
-            f"({wc / max(nc, 1):.0%}) and {wa} of {na} bias-aligned ones ({wa / max(na, 1):.1%}); with alpha = {pipe.alpha:g} and "
+            f"({_percent(wc, nc)}) and {wa} of {na} bias-aligned ones ({_percent(wa, na)}); with alpha = {pipe.alpha:g} and "
             f"beta = {pipe.beta:g}, {pipe.setting_source}, {shown}, every right one 1.")
 
 
@@ -406,7 +411,7 @@ def soft_targets_figure(cfg: SlidesConfig, device: torch.device, *, seed: int, p
     logits = common.predict(teacher, data.batches("test", 1000)).cpu()
     index = first_correct(logits, data.test_y, cfg.digit)
     digits = f"all {len(data.train_y):,}" if hcfg.train_size is None else f"{len(data.train_y):,}"
-    words = f"notebook 01's 784-1200-1200-10 teacher trained {hcfg.teacher_epochs} epochs on {digits} {data.source} digits (seed {seed})"
+    words = f"notebook 01's 784-1200-1200-10 teacher, {hcfg.teacher_epochs} epochs on {digits} {data.source} digits (seed {seed})"
     soft = SoftTargets(index, int(data.test_y[index]), tuple(cfg.temperatures), soft_target_probabilities(logits[index], cfg.temperatures),
                        words, int((logits.argmax(1) != data.test_y.cpu()).sum()), len(data.test_y))
     return soft, data.test_x[index].detach().cpu().reshape(28, 28)
