@@ -254,9 +254,11 @@ def result_names(folder: Path | None = None) -> list[str]:
 
 
 # The notebook each experiment belongs to, for the wall-time table, and its name in the course.
-NOTEBOOK_OF = {"hinton": "01", "spurious": "02", "dedier": "03", "text": "04 (offline stand-in)", "exits": "05", "sets": "06", "capstone": "07"}
+NOTEBOOK_OF = {"hinton": "01", "spurious": "02", "dedier": "03", "text": "04 (offline stand-in)", "exits": "05", "sets": "06", "capstone": "07",
+               "slides": "slides"}
 COURSE_NAME = {"hinton": "Soft targets", "spurious": "Spurious correlations", "dedier": "Early readouts and DeDiER",
-               "text": "Text", "exits": "Early-exit networks", "sets": "Nested prediction sets", "capstone": "Capstone"}
+               "text": "Text", "exits": "Early-exit networks", "sets": "Nested prediction sets", "capstone": "Capstone",
+               "slides": "Slide figures, one per paper's argument"}
 # The findings that summarise each experiment in the README, each chosen by the text it starts with (a dataset or
 # a method pair, as the report module words it); tests/test_results.py fails when one no longer matches, so a
 # rerun that rewords its findings cannot silently drop its summary. hinton stores no sentences: its line is
