@@ -3,7 +3,6 @@ coloured digits, group-balanced batches, and the real-data loaders on fixtures w
 import csv
 import time
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image

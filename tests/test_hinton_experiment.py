@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kdteach import report
-from kdteach.data.mnist import DigitSplits, load_digit_splits
+from kdteach.data.mnist import load_digit_splits
 from kdteach.experiments import hinton
 
 

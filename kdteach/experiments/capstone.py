@@ -27,7 +27,6 @@ calibration splits of the test set and measured on the rest (kdteach.experiments
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -35,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdteach import checks, report, runtime
+from kdteach import checks
 from kdteach.data.grouped import GroupedData, colored_digits, training_augmentation
 from kdteach.debias import DeDiERReweighting, student_left_as_is, teacher_features
 from kdteach.distill import KDLoss, cache_teacher_logits

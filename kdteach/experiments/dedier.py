@@ -629,7 +629,6 @@ def dedier_sentences(result: DeDiERResult, *, mode: str = "full") -> list[str]:
         lines += [f"{dataset}: {line}" for line in dedier_readout_findings(result.readouts[dataset]) + dedier_findings(results, mode=mode)]
         if mode == "full":
             lines.append(f"{dataset}: {paper_claim_sentence(results)}")
-    chosen = result.chosen.get("waterbirds_like")
     references = {"alpha, beta": f"{cfg.alpha:g}, {cfg.beta:g}", "stage": cfg.readout_stage, "variant": "as in the paper"}
     for by, results in result.ablations.items():
         lines += [f"waterbirds_like, by {by}: {line}" for line in dedier_ablation_findings(results, by, reference=references[by])]
