@@ -17,10 +17,12 @@ from typing import Callable
 import torch
 
 from kdteach import results, runtime
+from kdteach.code_version import experiment_code_version
 from kdteach.checkpoint import CheckpointError, load_checkpoint
 from kdteach.experiments import exits, spurious
 
-__all__ = ["NOTEBOOKS", "Reuse", "REUSES", "reference_time", "reuse_sentence", "setup", "setup_cell_source"]
+__all__ = ["NOTEBOOKS", "Reuse", "REUSES", "VERSION_LINE", "code_version_sentence", "reference_time", "reuse_sentence", "setup",
+           "setup_cell_source"]
 
 # The course's notebooks, by number (the setup cell names its own).
 NOTEBOOKS = ("00", "01", "02", "03", "04", "05", "06", "07")
@@ -109,14 +111,46 @@ def reference_time(notebook: str) -> tuple[str, float | None]:
         ref = results.load_reference(name)
     except ValueError as damaged:
         return f"notebook {notebook}'s reference result cannot be read ({damaged})", None
-    seconds = float(ref.meta.get("wall_seconds") or 0.0) if ref is not None else 0.0
+    seconds = results.cold_run_seconds(ref.meta) if ref is not None else 0.0
     if ref is None or seconds <= 0:
         return f"notebook {notebook}'s reference run ({name}) has no measured wall time committed", None
     seeds = len(ref.meta.get("seeds") or [])
     where = label[len(notebook):].strip()
     return (f"notebook {notebook}'s reference run{' ' + where if where else ''} (`python -m kdteach {name} --mode full`, "
-            f"{seeds} seed{'s' if seeds != 1 else ''}) took {_duration(seconds)} on a {ref.meta.get('device', '?')} "
+            f"{seeds} seed{'s' if seeds != 1 else ''}) takes {_duration(seconds)} from an empty cache on a {ref.meta.get('device', '?')} "
             f"(results/{name}/{name}.json)"), seconds
+
+
+VERSION_LINE = "kdteach: {name}'s experiment code here is version {here}; the committed reference result's is {committed}"
+
+
+def code_version_sentence(notebook: str) -> str | None:
+    """Whether this notebook runs the same experiment code as its committed reference result (kdteach.code_version):
+    the same version means the same numbers for the same models. tests/test_committed_outputs.py reads this line in
+    the committed outputs.
+
+    Args:
+        notebook: "00" to "07".
+
+    Returns:
+        VERSION_LINE filled in, with what a difference means, or None for a notebook without an experiment (00).
+
+    Raises:
+        ValueError: naming notebook when it is not one of NOTEBOOKS.
+    """
+    found = _experiment_of(_check_notebook(notebook))
+    if found is None:
+        return None
+    name, here = found[0], experiment_code_version(found[0])
+    try:
+        ref = results.load_reference(name)
+    except ValueError:
+        ref = None
+    committed = (ref.meta.get("code_version") if ref is not None else None) or "unknown"
+    line = VERSION_LINE.format(name=name, here=here, committed=committed)
+    if committed == here:
+        return line + " (the same: full mode reproduces its numbers from the same models)"
+    return line + " (different: the code changed since that result was made, so numbers may differ from it)"
 
 
 def reuse_sentence(reuse: Reuse) -> str:
@@ -182,6 +216,9 @@ def setup(seed: int = 0, *, mode: str | None = None, notebook: str, solutions: b
     if seconds is not None and runtime.mode() == "full" and device.type == "cpu" and seconds > 600 and not solutions:
         print("kdteach: expect about that here on a CPU. MODE = \"smoke\" in this cell runs every cell in minutes "
               "(to check the code, not the results).")
+    version = code_version_sentence(notebook)
+    if version is not None:
+        print(version)
     for reuse in REUSES.get(notebook, ()):
         print(f"kdteach: {reuse_sentence(reuse)}")
     return device

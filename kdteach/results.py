@@ -132,6 +132,24 @@ def _read_text(path: Path) -> str:
                          "restore it from the repository (git checkout -- results/)") from None
 
 
+def cold_run_seconds(meta: dict[str, Any]) -> float:
+    """What a result's run costs from an empty cache: its wall time plus the training it reloaded instead of redoing
+    (meta "reused_training", the seconds that training took when it ran; absent in results that reloaded nothing).
+
+    Args:
+        meta: a result file's "meta".
+
+    Returns:
+        Seconds.
+    """
+    reused = meta.get("reused_training") or {}
+    return float(meta.get("wall_seconds", 0.0)) + float(reused.get("seconds", 0.0) if isinstance(reused, dict) else 0.0)
+
+
+def _took(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
 def provenance_line(meta: dict[str, Any]) -> str:
     """The one line that says where a result comes from, e.g. "full mode, 5 seeds, 2-core CPU, 14 min, commit abc123".
 
@@ -142,10 +160,11 @@ def provenance_line(meta: dict[str, Any]) -> str:
         The line.
     """
     seeds = meta.get("seeds") or []
-    minutes = float(meta.get("wall_seconds", 0.0)) / 60
-    took = f"{minutes:.0f} min" if minutes >= 1 else f"{float(meta.get('wall_seconds', 0.0)):.0f} s"
+    wall, cold = float(meta.get("wall_seconds", 0.0)), cold_run_seconds(meta)
+    took = _took(wall) + (f" (about {_took(cold)} from an empty cache: it reloaded trained models)" if cold > wall + 1 else "")
+    version = f", code {meta['code_version']}" if meta.get("code_version") else ""
     return (f"{meta.get('mode', 'full')} mode, {len(seeds)} seed{'s' if len(seeds) != 1 else ''}, {meta.get('device', '?')}, "
-            f"{took}, torch {meta.get('torch', '?')}, commit {meta.get('commit', '?')}, {meta.get('date', '?')}")
+            f"{took}{version}, torch {meta.get('torch', '?')}, commit {meta.get('commit', '?')}, {meta.get('date', '?')}")
 
 
 def load_reference(name: str, *, folder: Path | None = None) -> Reference | None:
@@ -330,7 +349,7 @@ def summary_line(name: str, *, folder: Path | None = None) -> str:
             chosen.append((f"{block}: " if block else "") + _short(findings[at]))
         text = " ".join(chosen) or (_short(findings[0]) if findings else "(no findings stored)")
     seeds = len(ref.meta.get("seeds") or [])
-    minutes = float(ref.meta.get("wall_seconds", 0.0)) / 60
+    minutes = cold_run_seconds(ref.meta) / 60
     notebook = NOTEBOOK_OF.get(name, "?").split(" ")[0]
     return (f"- **{notebook} {COURSE_NAME.get(name, name)}** ({seeds} seed{'s' if seeds != 1 else ''}, "
             f"{minutes:.0f} min on a {ref.meta.get('device', '?')}): {text}")
@@ -352,10 +371,10 @@ def wall_time_rows(folder: Path | None = None) -> list[dict[str, Any]]:
     rows = []
     for name in _in_course_order(result_names(folder)):
         meta = load_reference(name, folder=folder).meta  # type: ignore[union-attr]
-        seconds = float(meta.get("wall_seconds", 0.0))
+        seconds = cold_run_seconds(meta)
         dataset = f" --dataset {meta['dataset']}" if name == "text" and meta.get("dataset") else ""
         rows.append({"notebook": NOTEBOOK_OF.get(name, "?"), "command": f"`python -m kdteach {name} --mode {meta.get('mode', 'full')}{dataset}`",
-                     "seeds": len(meta.get("seeds") or []), "wall time": f"{int(seconds // 60)} min {int(seconds % 60):02d} s",
+                     "seeds": len(meta.get("seeds") or []), "wall time (empty cache)": f"{int(seconds // 60)} min {int(seconds % 60):02d} s",
                      "device": meta.get("device", "?"), "commit": meta.get("commit", "?")})
     return rows
 
@@ -393,7 +412,9 @@ How to read the numbers:
 - Notebook 01's headline is the paper's experiment at the paper's sizes on real MNIST; the other experiments are
   the offline stand-ins sized for a laptop. The paper-scale paths (real Waterbirds / CelebA, MultiNLI /
   CivilComments, CIFAR) are the GPU configurations the notebooks describe.
-- Wall times are each run's own measurement (`wall_seconds` in its provenance); rerun a command to measure yours.
+- Wall times are each run's own measurement from an empty cache: `wall_seconds` in its provenance, plus, for a run
+  that reloaded trained models from the cache, the training time those models recorded when they were trained
+  (`reused_training`). Rerun a command to measure yours.
 """
 
 

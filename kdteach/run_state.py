@@ -244,6 +244,7 @@ def save_run(
 
     Call it only after check_epoch_good passed for these weights.
     """
+    _WRITTEN_HERE.add(Path(path).resolve())
     save_atomic(
         {
             "signature": signature,
@@ -263,6 +264,26 @@ def save_run(
         path,
     )
     run.saved_epoch = epoch
+
+
+# The training a process did not redo because it reloaded it from the cache: models, epochs and the seconds those
+# epochs took when they ran (their history's "seconds"). provenance() takes it, so a result written after reloading
+# its models still says what a run from an empty cache costs.
+_REUSED = {"models": 0, "epochs": 0, "seconds": 0.0}
+# Checkpoints this process wrote: reloading one later in the same run (a run that reuses its own model) is not
+# training saved, since the wall time already holds it.
+_WRITTEN_HERE: set[Path] = set()
+
+
+def take_reused_training() -> dict[str, float]:
+    """The training reloaded from checkpoints since the last call (restore_run counts it), then resets the count.
+
+    Returns:
+        {"models": checkpoints resumed or reloaded, "epochs": epochs restored, "seconds": their recorded training time}.
+    """
+    taken = {"models": _REUSED["models"], "epochs": _REUSED["epochs"], "seconds": round(float(_REUSED["seconds"]), 1)}
+    _REUSED.update(models=0, epochs=0, seconds=0.0)
+    return taken
 
 
 def restore_run(
@@ -314,6 +335,10 @@ def restore_run(
         obj.load_state_dict(obj_state)
     set_rng_state(state["rng"])
     history = History(epochs=list(state["history"]), best_epoch=state["best_epoch"], selected_by=select)
+    if Path(path).resolve() not in _WRITTEN_HERE:
+        _REUSED["models"] += 1
+        _REUSED["epochs"] += len(history.epochs)
+        _REUSED["seconds"] += sum(float(row.get("seconds", 0.0)) for row in history.epochs)
     return RunState(history, state["best_score"], state.get("best_state"), next_epoch=state["epoch"] + 1,
                     saved_epoch=state["epoch"], probe_reference=state.get("probe_reference"))
 

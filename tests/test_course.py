@@ -48,8 +48,12 @@ def test_setup_prints_the_notebooks_measured_time_from_its_committed_result(chos
     meta = json.loads((kd.results.results_dir() / "spurious" / "spurious.json").read_text(encoding="utf-8"))["meta"]
     course.setup(seed=0, mode="full", notebook="02")
     out = capsys.readouterr().out
-    assert f"notebook 02's reference run (`python -m kdteach spurious --mode full`, {len(meta['seeds'])} seeds) took " \
-           f"{_minutes(meta['wall_seconds'])} on a {meta['device']}" in out
+    assert f"notebook 02's reference run (`python -m kdteach spurious --mode full`, {len(meta['seeds'])} seeds) takes " \
+           f"{_minutes(kd.results.cold_run_seconds(meta))} from an empty cache on a {meta['device']}" in out
+    # the code-version line: this checkout's version of the experiment beside the committed result's
+    here = kd.code_version.experiment_code_version("spurious")
+    assert f"kdteach: spurious's experiment code here is version {here}; the committed reference result's is " \
+           f"{meta.get('code_version') or 'unknown'}" in out
     assert "reuses" not in out  # notebook 02 trains everything it uses
     course.setup(seed=0, mode="full", notebook="00")
     assert "notebook 00 has no committed reference result, so no measured full-mode time" in capsys.readouterr().out
@@ -89,7 +93,7 @@ def test_setup_says_whether_a_reused_model_is_in_the_cache(chosen_mode, capsys, 
     assert "the solutions of notebook 03 reload its models" in out
     course.setup(seed=0, mode="full", notebook="03")  # the full-mode teacher is another file, not there
     meta = json.loads((kd.results.results_dir() / "spurious" / "spurious.json").read_text(encoding="utf-8"))["meta"]
-    assert f"part of notebook 02's reference run, which took {_minutes(meta['wall_seconds'])}" in capsys.readouterr().out
+    assert f"part of notebook 02's reference run, which took {_minutes(kd.results.cold_run_seconds(meta))}" in capsys.readouterr().out
     # Notebook 06: a checkpoint of notebook 05's exit-distilled model of the current mode's size counts, another does not.
     cfg = exits.config("smoke")
     _fake_checkpoint(tmp_path / "exits" / "distill0.5-000000000000.pt", epochs=cfg.epochs, done=cfg.epochs, rows=cfg.train_size + 1)
@@ -121,3 +125,14 @@ def test_setup_cell_chooses_the_mode_visibly_before_anything_runs(chosen_mode, c
     assert "mode smoke" in capsys.readouterr().out
     exec(compile(_runnable(source), "setup cell", "exec"), namespace)
     assert runtime.mode() == "full" and namespace["DRIVE_CACHE"] is False
+
+
+def test_the_code_version_line_says_same_or_different(monkeypatch, tmp_path):
+    here = kd.code_version.experiment_code_version("exits")
+    for committed, word in ((here, "(the same:"), ("0123456789ab", "(different:")):
+        (tmp_path / "exits").mkdir(exist_ok=True)
+        (tmp_path / "exits" / "exits.json").write_text(json.dumps({"meta": {"seeds": [0], "code_version": committed}, "rows": []}))
+        monkeypatch.setattr(kd.results, "results_dir", lambda: tmp_path)
+        line = course.code_version_sentence("05")
+        assert line.startswith(course.VERSION_LINE.format(name="exits", here=here, committed=committed)) and word in line
+    assert course.code_version_sentence("00") is None

@@ -83,9 +83,12 @@ def test_results_readme_shows_every_table_finding_and_figure(tmp_path):
     assert all(f"- {line}" in page for line in EXITS_FINDINGS)
     assert "### exits_more (`exits/exits_more.json`)\n\n| policy |\n|---|\n| threshold |" in page
     assert "![exits/curve.png](exits/curve.png)" in page and "No finding sentences are stored" in page
-    # The wall-time table, in notebook order, from each result's provenance (60 s: "1 min 00 s").
+    # The wall-time table, in notebook order, from each result's provenance (60 s: "1 min 00 s"); a run that reloaded
+    # trained models counts their recorded training time too.
+    exits_meta = json.loads((tmp_path / "exits" / "exits.json").read_text())["meta"]
+    assert results.cold_run_seconds({**exits_meta, "reused_training": {"models": 2, "epochs": 4, "seconds": 30.0}}) == exits_meta["wall_seconds"] + 30.0
     rows = results.wall_time_rows(tmp_path)
-    assert [r["notebook"] for r in rows] == ["04 (offline stand-in)", "05"] and rows[1]["wall time"] == "1 min 00 s"
+    assert [r["notebook"] for r in rows] == ["04 (offline stand-in)", "05"] and rows[1]["wall time (empty cache)"] == "1 min 00 s"
     assert "## Wall time of each full-mode run" in page and "`python -m kdteach text --mode full --dataset standin`" in page
     assert results.update_results_readme(tmp_path) is True and (tmp_path / "README.md").read_text() == page
     assert results.update_results_readme(tmp_path) is False

@@ -505,7 +505,7 @@ def run(mode: str = "smoke", out: str | Path | None = None, *, seed: int = 0, pr
     lines = capstone_findings(result, mode=mode)
     print("\n".join(lines))
     if out is not None:
-        meta = {"mode": mode, **report.provenance(config=cfg, seeds=cfg.seeds, wall_seconds=result.seconds, device=str(device)),
+        meta = {"mode": mode, **report.provenance(experiment="capstone", config=cfg, seeds=cfg.seeds, wall_seconds=result.seconds, device=str(device)),
                 "recipe": report.to_jsonable(dedier.config(mode)), "findings": lines}
         write(out, result, meta)
     return result

@@ -663,7 +663,7 @@ def run(mode: str = "smoke", out: str | Path | None = None, *, seed: int = 0, pr
     lines = dedier_sentences(result, mode=mode)
     print("\n".join(lines))
     if out is not None:
-        meta = {"mode": mode, **report.provenance(config=cfg, seeds=cfg.seeds, wall_seconds=result.seconds, device=str(device)),
+        meta = {"mode": mode, **report.provenance(experiment="dedier", config=cfg, seeds=cfg.seeds, wall_seconds=result.seconds, device=str(device)),
                 "selection": f"{cfg.select} on validation; DeDiER among epochs from {cfg.start_after + 1} on (ties: the later epoch)",
                 "chosen (alpha, beta)": {d: [c.alpha, c.beta] for d, c in chosen.items()}, "findings": lines}
         rows = [row for results in comparisons.values() for row in dedier_summary_rows(results)]

@@ -318,7 +318,7 @@ def run(mode: str = "full", out: str | Path = "runs/exits", seed: int = 0, progr
     seeds = tuple(seed + s for s in cfg.seeds)
     result, _ = experiment(cfg, load_data(cfg, device), seeds=seeds, device=device, progress=progress)
     title, findings = "Multi-exit ResNet: accuracy and compute per exit", exit_sentences(result, mode=mode)
-    meta = {"mode": mode, "title": title, "findings": findings, "data": result.source, **report.provenance(config=cfg, seeds=seeds, wall_seconds=time.perf_counter() - started, device=str(device))}
+    meta = {"mode": mode, "title": title, "findings": findings, "data": result.source, **report.provenance(experiment="exits", config=cfg, seeds=seeds, wall_seconds=time.perf_counter() - started, device=str(device))}
     figures = {"accuracy_vs_compute": plot_accuracy_vs_compute([m for m in result.models if m.seed == seeds[0]])}
     report.write_report(out, "exits", rows=result.rows(), meta=meta, figures=figures,
                         title=title, result=result)

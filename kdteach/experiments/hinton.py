@@ -429,8 +429,8 @@ def run(mode: str = "smoke", out: str | Path | None = None, *, seed: int = 0, pr
     print(report.markdown_table(hinton_headline_rows(top)))
     print("\n".join(hinton_sentences(result) + [report.smoke_note(mode)]))
     if out is not None:
-        meta = {"mode": mode, "data": data.source,
-                **report.provenance(config=cfg, seeds=list(seeds.seeds), wall_seconds=time.perf_counter() - started, device=str(device))}
+        meta = {"mode": mode, "data": data.source, "findings": [line for line in hinton_sentences(result) if line],
+                **report.provenance(experiment="hinton", config=cfg, seeds=list(seeds.seeds), wall_seconds=time.perf_counter() - started, device=str(device))}
         curves = result.regularizer
         figure = plot_learning_curves({"hard targets": curves.hard, "soft targets": curves.soft}, title=f"Student on {curves.n_train} training digits")
         report.write_report(out, "hinton", rows=hinton_headline_rows(top), meta=meta, figures={"regularizer": figure}, result=result,

@@ -301,7 +301,7 @@ def run(mode: str = "full", out: str | Path = "runs/sets", seed: int = 0, progre
     configs = {"sets": cfg, "wiggle": wiggle_config(mode), "exits": exit_experiment.config(mode)}
     title = f"Prediction sets per exit (means over {cfg.splits} calibration splits)"
     findings = set_sentences(result, mode=mode) + regression_sentences(regression, alpha=cfg.alpha, mode=mode)
-    meta = {"mode": mode, "title": title, "findings": findings, "data": source, **report.provenance(config=configs, seeds=[seed], wall_seconds=time.perf_counter() - started, device=str(device))}
+    meta = {"mode": mode, "title": title, "findings": findings, "data": source, **report.provenance(experiment="sets", config=configs, seeds=[seed], wall_seconds=time.perf_counter() - started, device=str(device))}
     rows = set_summary_rows(result.summaries)
     report.write_report(out, "sets", rows=rows, meta=meta, figures={"set_metrics": plot_set_metrics(result.summaries, alpha=cfg.alpha)},
                         title=title, result=result)

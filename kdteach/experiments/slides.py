@@ -487,7 +487,7 @@ def run(mode: str = "full", out: str | Path | None = "runs/slides", seed: int = 
                "dedier_pipeline": plot_dedier_pipeline(images, pipe.examples, alpha=pipe.alpha, beta=pipe.beta),
                "nested_sets": plot_nested_sets(nested_digit, nested.raps, nested.avcs, label=nested.label,
                                                    num_classes=nested.num_classes, alpha=nested.alpha)}
-    provenance = report.provenance(config=cfg, seeds=[seed], wall_seconds=time.perf_counter() - started, device=str(device))
+    provenance = report.provenance(experiment="slides", config=cfg, seeds=[seed], wall_seconds=time.perf_counter() - started, device=str(device))
     meta = {"mode": mode, "title": "Slide-ready figures, one per paper's argument", "findings": list(captions.values()), **provenance}
     rows = [{"figure": f"{name}.png", "paper": PAPERS[name], "caption": caption} for name, caption in captions.items()]
     report.write_report(out, "slides", rows=rows, meta=meta, figures=figures, result=result, title=meta["title"])

@@ -311,7 +311,7 @@ def run(mode: str = "full", out: str | Path | None = None, seed: int = 0, progre
         figures = {"spurious_groups": plot_group_accuracies(result.by_model())}
         if result.probes:
             figures["spurious_probes"] = plot_probes(result.probes)
-        meta = {"mode": mode, **report.provenance(config=cfg, seeds=cfg.seeds, wall_seconds=result.seconds, device=str(device)),
+        meta = {"mode": mode, **report.provenance(experiment="spurious", config=cfg, seeds=cfg.seeds, wall_seconds=result.seconds, device=str(device)),
                 "title": "Notebook 02: spurious correlations and distillation", "average": AVERAGE_CONVENTIONS["train"], "findings": lines,
                 "selection": "each run keeps the epoch with the best validation mean-over-groups accuracy (ties: the later)"}
         report.write_report(out, "spurious", rows=result.summary_rows(), meta=meta, figures=figures, result=result,

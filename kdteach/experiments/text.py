@@ -517,7 +517,7 @@ def run(mode: str = "smoke", out: str | Path | None = None, seed: int = 0, progr
         title = f"Teacher, KD and DeDiER students on {cfg.dataset}: test worst-group and average accuracy (%)"
         meta = {"mode": mode, "title": title, "findings": findings, "dataset": cfg.dataset, "selection": cfg.select, "average": AVERAGE_CONVENTIONS["test"],
                 "downloads": FULL_MODE_DOWNLOADS[cfg.dataset],
-                **report.provenance(config=cfg, seeds=list(cfg.seeds), wall_seconds=time.perf_counter() - started, device=str(device))}
+                **report.provenance(experiment="text", config=cfg, seeds=list(cfg.seeds), wall_seconds=time.perf_counter() - started, device=str(device))}
         report.write_report(out, "text", rows=text_summary_rows(result), meta=meta, figures={"text_readout_margins": figure}, result=result, title=title)
         report.write_report(out, "text_runs", rows=text_model_rows(result), meta=meta, title="Every model and seed, with each group's test accuracy")
         report.write_report(out, "text_readout", rows=result.readout, meta=meta, title=f"The readout at {cfg.readout_stage} of the KD student, per training group")

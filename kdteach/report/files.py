@@ -17,6 +17,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from kdteach import run_state
+from kdteach.code_version import experiment_code_version
 from kdteach.groups import GroupMetrics
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # kdteach/: the code whose state provenance records
@@ -82,11 +84,17 @@ def working_tree_changes() -> int | None:
     return None if status is None else sum(1 for line in status.splitlines() if line.strip())
 
 
-def provenance(*, config: Any, seeds: Sequence[int], wall_seconds: float, device: str) -> dict[str, Any]:
-    """The provenance fields every result file carries: commit, dirty, dirty_files, date, device, torch, wall_seconds,
-    seeds, config.
+def provenance(*, config: Any, seeds: Sequence[int], wall_seconds: float, device: str, experiment: str) -> dict[str, Any]:
+    """The provenance fields every result file carries: commit, dirty, dirty_files, code_version, date, device, torch,
+    wall_seconds, reused_training, seeds, config.
+
+    code_version names the experiment's code itself (kdteach.code_version), so a notebook's outputs can be checked
+    against the result. reused_training is the training this run did not redo: the models it reloaded finished (or
+    resumed) from the cache, with the seconds their training had taken when it ran (run_state.take_reused_training,
+    which this call resets); wall_seconds plus those seconds is what the run costs from an empty cache.
 
     Args:
+        experiment: the experiment's name (kdteach.code_version.EXPERIMENT_MODULES).
         config: the experiment's configuration (a dataclass).
         seeds: the seeds run.
         wall_seconds: how long the run took.
@@ -102,9 +110,10 @@ def provenance(*, config: Any, seeds: Sequence[int], wall_seconds: float, device
         device = f"{os.cpu_count()}-core CPU"
     commit = (_git("rev-parse", "--short", "HEAD") or "").strip() or "unknown"
     changed = working_tree_changes()
-    return {"commit": commit, "dirty": None if changed is None else changed > 0, "dirty_files": changed, "date": time.strftime("%Y-%m-%d"),
-            "device": device, "torch": torch.__version__, "wall_seconds": round(float(wall_seconds), 1), "seeds": list(seeds),
-            "config": to_jsonable(config)}
+    return {"commit": commit, "dirty": None if changed is None else changed > 0, "dirty_files": changed,
+            "code_version": experiment_code_version(experiment), "date": time.strftime("%Y-%m-%d"), "device": device,
+            "torch": torch.__version__, "wall_seconds": round(float(wall_seconds), 1),
+            "reused_training": run_state.take_reused_training(), "seeds": list(seeds), "config": to_jsonable(config)}
 
 
 def check_clean_tree(mode: str, *, dirty_files: int | None, allow_dirty: bool = False) -> None:
