@@ -17,7 +17,7 @@ SITE_BUILD = $(BIN)/sphinx-build -b html -q -c docs . $(SITE_DIR)
 # The `site` extra's requirements, quoted, from pyproject.toml: `make site` needs them and not torch.
 SITE_REQUIREMENTS := $(shell sed -n 's/^site = \[\(.*\)\]$$/\1/p' pyproject.toml | tr -d ',')
 
-.PHONY: course course-command test unit notebooks venv site site-command clean-notebooks reference-outputs
+.PHONY: course course-command test unit notebooks venv site site-command notebook-outputs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -67,12 +67,9 @@ site: $(VENV)/.site
 site-command:
 	@echo '$(SITE_BUILD)'
 
-## Strip outputs before committing; cells marked keep_output (nbval's NBVAL_CHECK_OUTPUT references) keep theirs.
-clean-notebooks: $(VENV)/.dev
-	$(BIN)/nbstripout $(NOTEBOOKS)
-	$(BIN)/python .ci/notebook_references.py $(NOTEBOOKS)
-
-## Re-execute the notebooks in smoke mode to refresh the stored references of NBVAL_CHECK_OUTPUT cells, then strip.
-reference-outputs: $(VENV)/.dev
-	KDTEACH_SMOKE=1 $(BIN)/jupyter nbconvert --to notebook --execute --inplace $(NOTEBOOKS)
-	$(MAKE) clean-notebooks
+## Execute every course and solutions notebook in full mode and store its outputs in place: what a reader sees on
+## GitHub, in nbviewer and on the site before running anything. Set KDTEACH_CACHE to the cache of the runs that wrote
+## results/, so the notebooks reload those models and agree with results/ (tests/test_committed_outputs.py checks the
+## mode and each experiment's code version); without it they first train every model, as long as the reference runs.
+notebook-outputs: $(VENV)/.dev
+	$(BIN)/python .ci/store_notebook_outputs.py $(NOTEBOOKS)

@@ -273,16 +273,19 @@ _REUSED = {"models": 0, "epochs": 0, "seconds": 0.0}
 # Checkpoints this process wrote: reloading one later in the same run (a run that reuses its own model) is not
 # training saved, since the wall time already holds it.
 _WRITTEN_HERE: set[Path] = set()
+_COUNTED: set[Path] = set()
 
 
 def take_reused_training() -> dict[str, float]:
-    """The training reloaded from checkpoints since the last call (restore_run counts it), then resets the count.
+    """The training reloaded from checkpoints since the last call (restore_run counts each checkpoint once), then
+    resets the count.
 
     Returns:
         {"models": checkpoints resumed or reloaded, "epochs": epochs restored, "seconds": their recorded training time}.
     """
     taken = {"models": _REUSED["models"], "epochs": _REUSED["epochs"], "seconds": round(float(_REUSED["seconds"]), 1)}
     _REUSED.update(models=0, epochs=0, seconds=0.0)
+    _COUNTED.clear()
     return taken
 
 
@@ -335,7 +338,8 @@ def restore_run(
         obj.load_state_dict(obj_state)
     set_rng_state(state["rng"])
     history = History(epochs=list(state["history"]), best_epoch=state["best_epoch"], selected_by=select)
-    if Path(path).resolve() not in _WRITTEN_HERE:
+    if Path(path).resolve() not in _WRITTEN_HERE | _COUNTED:  # a checkpoint reloaded twice saved its training once
+        _COUNTED.add(Path(path).resolve())
         _REUSED["models"] += 1
         _REUSED["epochs"] += len(history.epochs)
         _REUSED["seconds"] += sum(float(row.get("seconds", 0.0)) for row in history.epochs)

@@ -1,5 +1,6 @@
 """Every notebook and solutions notebook: its setup cell first (kd.course.setup_cell_source: the mode chosen
-visibly), a Colab badge, committed without outputs, no environment parsing outside the setup cell."""
+visibly), a Colab badge, no environment parsing outside the setup cell. Their committed outputs are checked by
+tests/test_committed_outputs.py."""
 import json
 from pathlib import Path
 
@@ -33,21 +34,6 @@ def test_first_code_cell_is_the_setup_cell(path):
     assert source(code[0]) == expected, f"{path.name}: the first code cell is not kd.course.setup_cell_source's"
     before = [c for c in cells(path)[:cells(path).index(code[0])] if c["cell_type"] == "code"]
     assert not before, f"{path.name}: code runs before the setup cell chooses the mode"
-
-
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_committed_without_outputs(path):
-    # The only stored outputs allowed are the references of cells nbval checks (marked NBVAL_CHECK_OUTPUT).
-    for cell in cells(path):
-        if cell["cell_type"] != "code":
-            continue
-        if source(cell).startswith(CHECK_MARK):
-            # nbval needs the reference: stored outputs and an execution count (.ci/notebook_references.py).
-            assert cell.get("outputs") and cell.get("execution_count") is not None, f"{path.name}: reference cell not stored"
-            assert cell["metadata"].get("keep_output") is True, f"{path.name}: reference cell lacks keep_output"
-        else:
-            assert not cell.get("outputs"), f"{path.name}: a cell has stored outputs: {source(cell)[:60]!r}"
-            assert cell.get("execution_count") is None, f"{path.name}: a cell has an execution count"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=lambda p: p.name)

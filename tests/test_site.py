@@ -152,9 +152,7 @@ def test_notebook_02_shows_its_figures(served: str, page) -> None:
     heading = page.locator("article h1").first.inner_text()
     assert heading.startswith("02"), heading
     stored = image_outputs(FIGURE_NOTEBOOK)
-    if stored == 0:
-        pytest.xfail("notebook 02 is committed without outputs (its full-mode outputs are not committed yet), so "
-                     "its page has no figure to show; this check becomes strict once they are")
+    assert stored > 0, "notebook 02 is committed without figures: store its outputs with `make notebook-outputs`"
     images = page.locator("article .cell_output img")
     page.wait_for_function("() => [...document.querySelectorAll('article .cell_output img')].every(i => i.complete)",
                            timeout=15_000)
