@@ -93,3 +93,32 @@ def test_the_version_pattern_reads_the_line_setup_prints():
     line = VERSION_LINE.format(name="exits", here="0123456789ab", committed="unknown") + " (different: ...)"
     match = VERSION.search(line)
     assert match and (match["name"], match["here"], match["committed"]) == ("exits", "0123456789ab", "unknown")
+
+
+def test_the_checks_refuse_smoke_outputs_and_outputs_of_other_code(tmp_path):
+    """The checks above, on altered copies of notebook 05: each alteration is refused, the unaltered copy passes."""
+    original = ROOT / "notebooks" / "05_early_exits.ipynb"
+    notebook = json.loads(original.read_text(encoding="utf-8"))
+    setup = next(c for c in notebook["cells"] if c["cell_type"] == "code")
+    text = text_of(setup)  # the setup cell's lines, however the kernel split them into outputs
+    stream = {"output_type": "stream", "name": "stdout", "text": text}
+    setup["outputs"] = [stream]
+
+    def copy_with(new_text: str) -> Path:
+        stream["text"] = new_text
+        path = tmp_path / original.name
+        path.write_text(json.dumps(notebook), encoding="utf-8")
+        return path
+
+    test_the_outputs_are_a_full_mode_run(copy_with(text))
+    test_the_outputs_come_from_the_experiment_code_that_wrote_results(copy_with(text))
+    with pytest.raises(AssertionError, match="does not say full mode"):
+        test_the_outputs_are_a_full_mode_run(copy_with(text.replace("| mode full |", "| mode smoke |")))
+    version = VERSION.search(text)["here"]
+    with pytest.raises(AssertionError, match="re-execute the notebook"):
+        test_the_outputs_come_from_the_experiment_code_that_wrote_results(copy_with(text.replace(version, "0" * 12, 1)))
+    with pytest.raises(AssertionError, match="print the smoke-mode note"):
+        test_the_outputs_are_a_full_mode_run(copy_with(text + SMOKE_NOTE))
+    setup["execution_count"] = None
+    with pytest.raises(AssertionError, match="has no stored run"):
+        test_every_cell_ran_once_in_order_without_errors(copy_with(text))
