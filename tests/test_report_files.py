@@ -33,15 +33,15 @@ def test_working_tree_changes_counts_the_packages_uncommitted_files(tmp_path, mo
     (package / "b.py").write_text("y = 1\n")  # new, untracked
     (tmp_path / "repo" / "outside.txt").write_text("changed, but not the package's code\n")
     assert report.working_tree_changes() == 2
-    meta = report.provenance(config={"n": 1}, seeds=[0], wall_seconds=1.0, device="cpu")
+    meta = report.provenance(experiment="exits", config={"n": 1}, seeds=[0], wall_seconds=1.0, device="cpu")
     assert meta["dirty"] is True and meta["dirty_files"] == 2 and len(meta["commit"]) >= 7
     _git(tmp_path / "repo", "add", ".")
     _git(tmp_path / "repo", "commit", "-q", "-m", "more")
-    clean = report.provenance(config={"n": 1}, seeds=[0], wall_seconds=1.0, device="cpu")
+    clean = report.provenance(experiment="exits", config={"n": 1}, seeds=[0], wall_seconds=1.0, device="cpu")
     assert clean["dirty"] is False and clean["dirty_files"] == 0
     monkeypatch.setattr(files, "PACKAGE_DIR", tmp_path)  # not a git checkout (an installed package): unknown
     assert report.working_tree_changes() is None
-    unknown = report.provenance(config={}, seeds=[0], wall_seconds=1.0, device="cpu")
+    unknown = report.provenance(experiment="exits", config={}, seeds=[0], wall_seconds=1.0, device="cpu")
     assert unknown["dirty"] is None and unknown["commit"] == "unknown"
 
 
