@@ -161,6 +161,24 @@ def test_ten_class_digits_have_aligned_and_conflicting_examples_in_every_class()
         capstone.digits_data("test", 10, p_corr=0.9, image_size=10)
 
 
+def test_without_mnist_the_digits_use_a_whole_stand_in_split_where_it_is_smaller(monkeypatch, tmp_path, capsys):
+    from kdteach.data import mnist
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a test tried to reach the network")
+    monkeypatch.setattr("kdteach.runtime.data_search_path", lambda: [tmp_path])  # no MNIST anywhere
+    monkeypatch.setattr("kdteach.runtime.mode", lambda: "smoke")  # smoke mode never downloads
+    monkeypatch.setattr(mnist, "internet_reachable", refuse)
+    monkeypatch.setattr(mnist, "download_mnist", refuse)
+    monkeypatch.setattr(mnist, "_ANNOUNCED", set())
+    sizes = capstone.SMOKE_CONFIG.digits_sizes  # (600, 200, 600): the stand-in's test split holds 360
+    splits = [capstone.digits_data(split, n, p_corr=0.9, image_size=14) for split, n in zip(("train", "val", "test"), sizes)]
+    assert [len(s.labels) for s in splits] == [600, 200, 360] and all("sklearn digits" in s.name for s in splits)
+    assert capsys.readouterr().out.count("stand in for it") == 1  # said once, in one sentence
+    full = capstone.digits_data("train", capstone.CapstoneConfig().digits_sizes[0], p_corr=0.9, image_size=14)
+    assert len(full.labels) == 1198  # full mode's 3,000 training digits: the whole stand-in split
+
+
 def test_dedier_in_the_capstone_never_keeps_a_plain_kd_epoch():
     with pytest.raises(ValueError, match="start_after"):
         capstone.train_student("DeDiER, exit 1", None, dataclasses.replace(TINY_DEDIER, epochs=1), TINY)
