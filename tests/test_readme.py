@@ -39,6 +39,12 @@ def test_the_quick_start_commands_are_real_make_targets(tmp_path: Path) -> None:
     for target in ("course", "test"):
         dry = subprocess.run(["make", "-n", target, "NO_BROWSER=1"], cwd=ROOT, capture_output=True, text=True)
         assert dry.returncode == 0, dry.stderr
+    # make test runs the unit tests and the notebooks side by side; the unit tests never share the notebooks' cache
+    dry = subprocess.run(["make", "-n", "test", f"VENV={tmp_path / 'venv'}"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    unit = next(line for line in dry if "pytest -q tests" in line)
+    assert "-j2" in next(line for line in dry if "unit notebooks" in line) and unit.startswith("env -u KDTEACH_CACHE ")
+    assert any("--nbval-lax" in line for line in dry)
     # CPU=1 installs the CPU-only torch before kdteach (pip keeps a torch that is already there).
     dry = subprocess.run(["make", "-n", "-B", "course", "CPU=1", f"VENV={tmp_path / 'venv'}"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout.splitlines()
