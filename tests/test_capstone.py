@@ -175,8 +175,12 @@ def test_without_mnist_the_digits_use_a_whole_stand_in_split_where_it_is_smaller
     splits = [capstone.digits_data(split, n, p_corr=0.9, image_size=14) for split, n in zip(("train", "val", "test"), sizes)]
     assert [len(s.labels) for s in splits] == [600, 200, 360] and all("sklearn digits" in s.name for s in splits)
     assert capsys.readouterr().out.count("stand in for it") == 1  # said once, in one sentence
+    # Full mode offline: one probe for a download, then full mode's 3,000 training digits are the whole stand-in split
+    probes = []
+    monkeypatch.setattr("kdteach.runtime.mode", lambda: "full")
+    monkeypatch.setattr(mnist, "internet_reachable", lambda *args, **kwargs: probes.append(1) or False)
     full = capstone.digits_data("train", capstone.CapstoneConfig().digits_sizes[0], p_corr=0.9, image_size=14)
-    assert len(full.labels) == 1198  # full mode's 3,000 training digits: the whole stand-in split
+    assert len(full.labels) == 1198 and len(probes) == 1
 
 
 def test_dedier_in_the_capstone_never_keeps_a_plain_kd_epoch():

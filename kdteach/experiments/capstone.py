@@ -36,7 +36,7 @@ from torch import nn
 
 from kdteach import checks
 from kdteach.data.grouped import GroupedData, colored_digits, training_augmentation
-from kdteach.data.mnist import load_mnist_or_standin, standin_reason
+from kdteach.data.mnist import load_mnist_or_standin
 from kdteach.debias import DeDiERReweighting, student_left_as_is, teacher_features
 from kdteach.distill import KDLoss, cache_teacher_logits
 from kdteach.exits import MultiExit, exit_logits
@@ -189,10 +189,10 @@ def digits_data(split: str, n: int, *, p_corr: float, image_size: int) -> Groupe
     checks.check_int("image_size", image_size, minimum=4)
     if 28 % image_size:
         raise ValueError(f"image_size must divide 28 (the digits are pooled by an integer factor), got {image_size}")
-    if standin_reason() is not None:  # MNIST is downloaded first in full mode, where it is absent and can be
-        # Offline without MNIST: load_mnist_or_standin says so, once. scikit-learn's digits hold 1,198 / 239 / 360
-        # images in train / val / test, fewer than the capstone's sizes, so such a split is used whole.
-        load_mnist_or_standin("test", verbose=False)
+    # MNIST, downloaded first in full mode where it is absent and can be; where it cannot, scikit-learn's digits, said
+    # once. Those hold 1,198 / 239 / 360 images in train / val / test, fewer than the capstone's sizes, so such a split
+    # is used whole. (One call decides both, so an offline machine waits for one network probe per split, not two.)
+    if len(load_mnist_or_standin("test", verbose=False)[1]) != 10_000:
         n = min(n, len(colored_digits(split, None, num_classes=10, p_corr=p_corr, seed=0).labels))
     data = colored_digits(split, n, num_classes=10, p_corr=p_corr, seed=0)
     images = data.images if image_size == 28 else F.avg_pool2d(data.images.float(), 28 // image_size).round().to(torch.uint8)
